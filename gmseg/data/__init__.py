@@ -1,0 +1,1 @@
+"""Datasets (tfds builders that need no TensorFlow) and the input pipeline."""

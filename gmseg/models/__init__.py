@@ -1,0 +1,1 @@
+"""Flax models: generators, the annotator and the segmenters."""

@@ -1,0 +1,57 @@
+"""Small building blocks shared by the annotator and the segmenters."""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NORMS = ("group", "batch", "none")
+
+
+def norm_layer(kind: str, train: bool, name: str):
+  """Returns a normalisation layer by name.
+
+  `group` (default in gmseg) normalises each example on its own, so
+  per-example gradients are exact. `batch` keeps running statistics in the
+  `batch_stats` collection (see gmseg/steps.py for when they are updated).
+
+  Args:
+    kind: one of NORMS.
+    train: for BatchNorm, use batch statistics (True) or running ones.
+    name: the submodule name.
+  """
+  if kind == "group":
+    # 32 groups as usual, fewer for narrow layers (must divide the channels).
+    return _GroupNorm(name=name)
+  if kind == "batch":
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                        epsilon=1e-5, name=name)
+  if kind == "none":
+    return lambda x: x
+  raise ValueError(f"Unknown norm {kind!r}; expected one of {NORMS}.")
+
+
+class _GroupNorm(nn.Module):
+  """GroupNorm with gcd(32, channels) groups, so any width works."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    groups = math.gcd(32, x.shape[-1])
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, name="gn")(x)
+
+
+def resize_to(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+  """Bilinear resize of `[B, h, w, C]` to `[B, *hw, C]` (half-pixel centres,
+  torch's align_corners=False); a no-op when the size already matches."""
+  if tuple(x.shape[1:3]) == tuple(hw):
+    return x
+  return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), "bilinear")
+
+
+def conv_norm_relu(x, features: int, norm: str, train: bool, name: str,
+                   use_bias: bool = True):
+  """3x3 conv -> norm -> ReLU, named `{name}_conv` / `{name}_norm`."""
+  x = nn.Conv(features, (3, 3), padding=1, use_bias=use_bias,
+              name=f"{name}_conv")(x)
+  x = norm_layer(norm, train, f"{name}_norm")(x)
+  return jax.nn.relu(x)

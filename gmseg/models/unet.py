@@ -1,0 +1,59 @@
+"""The paper's UNet segmenter (Pytorch-UNet layout with bilinear upsampling)."""
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gmseg.models import layers
+
+
+class _DoubleConv(nn.Module):
+  features: int
+  norm: str
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = layers.conv_norm_relu(x, self.features, self.norm, train, "c0")
+    return layers.conv_norm_relu(x, self.features, self.norm, train, "c1")
+
+
+class UNet(nn.Module):
+  """UNet: `inc`, `down1..4` (max-pool 2 + double conv), `up1..4` (bilinear
+  x2, concatenate the skip first, double conv), `outc` (1x1 conv).
+
+  With widths (64, 128, 256, 512, 512) this is the paper's network
+  (up path 256/128/64/64). Parameter paths (`down3/c1_conv/kernel`, ...) are
+  what the matching presets in gmseg/matching.py select on.
+
+  Attributes:
+    num_classes: output classes.
+    widths: the 5 encoder widths; tests shrink them.
+    norm: 'group' (default), 'batch' (paper) or 'none'.
+  """
+  num_classes: int
+  widths: Sequence[int] = (64, 128, 256, 512, 512)
+  norm: str = "group"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Args:
+      x: images `[B, H, W, 3]` in [-1, 1].
+    Returns:
+      logits `[B, H, W, num_classes]`.
+    """
+    if len(self.widths) != 5:
+      raise ValueError(f"UNet needs 5 widths, got {self.widths}.")
+    w = self.widths
+    skips = [_DoubleConv(w[0], self.norm, name="inc")(x, train)]
+    for i in range(1, 5):
+      h = nn.max_pool(skips[-1], (2, 2), (2, 2))
+      skips.append(_DoubleConv(w[i], self.norm, name=f"down{i}")(h, train))
+    h = skips.pop()
+    up_widths = (w[2], w[1], w[0], w[0])
+    for i, width in enumerate(up_widths, start=1):
+      skip = skips.pop()
+      h = layers.resize_to(h, skip.shape[1:3])
+      h = _DoubleConv(width, self.norm, name=f"up{i}")(
+          jnp.concatenate([skip, h], axis=-1), train)
+    return nn.Conv(self.num_classes, (1, 1), name="outc")(h)
