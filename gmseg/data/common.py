@@ -1,0 +1,253 @@
+"""Conventions shared by every gmseg dataset builder (tfds, no TensorFlow).
+
+Every builder writes `array_record` files whose examples are
+
+  image: tfds Image uint8 `[height, width, 3]` (PNG).
+  label: tfds Image uint8 `[height, width, 1]` (PNG) holding class ids;
+         `IGNORE` (255) marks pixels no loss or metric should count.
+  id:    string, unique within a split; readers sort by it because tfds
+         shuffles the write order.
+
+The label is a single-channel PNG rather than a `Tensor`: class maps are
+mostly flat regions, so PNG is ~20x smaller than raw bytes, it is lossless,
+each example may have its own size, and tfds encodes/decodes it with PIL
+(no TensorFlow). Readers drop the trailing channel (`read_split` does).
+
+Each dataset module also exposes `DATASETS: dict[str, DatasetSpec]`, which
+`gmseg.data.registry` merges, and builds examples with `example(...)`.
+"""
+import dataclasses
+import os
+import pathlib
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+IGNORE = 255
+FILE_FORMAT = "array_record"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the registry needs to build and read one dataset.
+
+  Attributes:
+    builder: the tfds builder class.
+    config: builder config name, or None for builders without configs.
+    class_names: class names by id (id 0 first); `IGNORE` is not a class.
+    splits: split names the builder writes (informative; tfds is the truth).
+  """
+  builder: type
+  config: str | None
+  class_names: tuple[str, ...]
+  splits: tuple[str, ...] = ("train", "test")
+
+
+def features():
+  """The tfds FeaturesDict every builder uses (see module docstring)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+      "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8),
+      "id": tfds.features.Text(),
+  })
+
+
+def example(image: np.ndarray, label: np.ndarray, example_id: str) -> dict[str, Any]:
+  """Packs one example for `_generate_examples` (tfds Image needs PIL, not numpy).
+
+  Args:
+    image: uint8 `[height, width, 3]`.
+    label: uint8 `[height, width]` class ids (255 = ignore).
+    example_id: unique id within the split.
+  """
+  image = np.asarray(image)
+  label = np.asarray(label)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"example {example_id!r}: image must be uint8 [H,W,3], "
+                     f"got {image.dtype} {image.shape}")
+  if label.dtype != np.uint8 or label.shape != image.shape[:2]:
+    raise ValueError(f"example {example_id!r}: label must be uint8 {image.shape[:2]}, "
+                     f"got {label.dtype} {label.shape}")
+  return {"image": Image.fromarray(image, "RGB"),
+          "label": Image.fromarray(label, "L"),
+          "id": str(example_id)}
+
+
+def open_image(path: os.PathLike | str, mode: str = "RGB") -> np.ndarray:
+  """Reads an image file as a uint8 array, with an error that names the file.
+
+  Returns:
+    `[height, width, 3]` for mode 'RGB', `[height, width]` for mode 'L'.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: image file is missing; check the dataset folder.")
+  try:
+    with Image.open(path) as im:
+      im.load()
+      return np.asarray(im.convert(mode))
+  except Exception as e:  # PIL raises several types for broken files.
+    raise ValueError(f"{path}: cannot read this image ({type(e).__name__}: {e}); "
+                     "the file is corrupt or not an image: re-download the dataset.") from e
+
+
+def open_pair(image_path, mask_path, mask_mode: str = "RGB") -> tuple[np.ndarray, np.ndarray]:
+  """Reads an image and its mask and checks they have the same size.
+
+  Returns:
+    image uint8 `[height, width, 3]`, mask uint8 `[height, width(, 3)]`.
+  """
+  image = open_image(image_path, "RGB")
+  mask = open_image(mask_path, mask_mode)
+  if image.shape[:2] != mask.shape[:2]:
+    raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                     f"{image_path} is {image.shape[1]}x{image.shape[0]}; the pair does not match.")
+  return image, mask
+
+
+def _blend_distance(colours: np.ndarray, class_colours: np.ndarray) -> np.ndarray:
+  """Distance of each of `colours [n,3]` to the nearest blend of two class colours.
+
+  Anti-aliasing mixes the colours either side of an edge, so a legitimate mask
+  colour lies near a segment whose ends are class colours.
+  """
+  k = len(class_colours)
+  best = np.linalg.norm(colours[:, None] - class_colours[None], axis=-1).min(-1)
+  for i in range(k):
+    for j in range(i + 1, k):
+      a, d = class_colours[i], class_colours[j] - class_colours[i]
+      t = np.clip(((colours - a) @ d) / max(float(d @ d), 1e-9), 0.0, 1.0)
+      best = np.minimum(best, np.linalg.norm(colours - (a + t[:, None] * d), axis=-1))
+  return best
+
+
+def colours_to_labels(mask: np.ndarray, class_colours: Sequence[Sequence[int]], *,
+                      path: os.PathLike | str | None = None,
+                      max_distance: float = 48.0,
+                      max_far_fraction: float = 0.005,
+                      ignore_colours: Iterable[Sequence[int]] = ()) -> np.ndarray:
+  """Colour-coded mask -> class map, snapping anti-aliased pixels.
+
+  Every pixel takes the class of the nearest class colour (RGB Euclidean).
+  Anti-aliased pixels are blends of the two class colours either side of an
+  edge. A pixel farther than `max_distance` from every class colour and every
+  such blend is "far"; a few occur at three-class junctions (FASSEG: at most
+  0.07% of a mask), so the mask is rejected, with an error naming the file, only
+  when more than `max_far_fraction` of its pixels are far.
+
+  Args:
+    mask: uint8 `[height, width, 3]`.
+    class_colours: RGB colour of class i at index i.
+    path: the mask's file, named in errors.
+    max_distance: colour tolerance in RGB units.
+    max_far_fraction: tolerated fraction of far pixels (they still snap).
+    ignore_colours: colours (exact) that map to `IGNORE`.
+
+  Returns:
+    uint8 `[height, width]` class ids.
+  """
+  cc = np.asarray(class_colours, np.float64)
+  if mask.ndim != 3 or mask.shape[-1] != 3:
+    raise ValueError(f"{path}: expected an RGB mask [H,W,3], got shape {mask.shape}.")
+  # Work on unique colours: a mask has a few thousand at most, pixels ~200k.
+  packed = ((mask[..., 0].astype(np.int32) << 16) | (mask[..., 1].astype(np.int32) << 8)
+            | mask[..., 2].astype(np.int32))
+  uniq, inverse = np.unique(packed.ravel(), return_inverse=True)
+  rgb = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], -1).astype(np.float64)
+  lut = np.linalg.norm(rgb[:, None, :] - cc[None], axis=-1).argmin(-1).astype(np.uint8)
+  ignored = np.zeros(len(rgb), bool)
+  for colour in ignore_colours:
+    ignored |= (rgb == np.asarray(colour, np.float64)).all(-1)
+  lut[ignored] = IGNORE
+  far = (_blend_distance(rgb, cc) > max_distance) & ~ignored
+  counts = np.bincount(inverse, minlength=len(uniq))[far]
+  if counts.sum() > max_far_fraction * inverse.size:
+    worst = np.argsort(-counts)[:5]
+    listed = ", ".join(f"{tuple(int(v) for v in rgb[far][w])} x{int(counts[w])}" for w in worst)
+    raise ValueError(
+        f"{path}: {int(counts.sum())} of {inverse.size} mask pixels have colours farther than "
+        f"{max_distance} from every class colour and every anti-aliasing blend of two (most "
+        f"common: {listed}); class colours are {[tuple(int(v) for v in c) for c in cc]}. The "
+        "mask is corrupt or belongs to another dataset: re-download it.")
+  return lut[inverse].reshape(mask.shape[:2])
+
+
+def download_config(manual_dir: os.PathLike | str | None = None):
+  """A tfds DownloadConfig with `manual_dir` set when given."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.download.DownloadConfig(
+      manual_dir=None if manual_dir is None else os.fspath(manual_dir))
+
+
+def prepare(builder_or_name, data_dir: os.PathLike | str, *,
+            manual_dir: os.PathLike | str | None = None):
+  """Returns a prepared tfds builder (building it first when needed).
+
+  Args:
+    builder_or_name: a registry name ('fasseg/frontal02'), a builder class
+      (built with its default config) or a builder instance.
+    data_dir: where tfds stores prepared datasets.
+    manual_dir: folder with manually downloaded files, for offline builds.
+  """
+  if isinstance(builder_or_name, str):
+    from gmseg.data import registry  # pylint: disable=g-import-not-at-top
+    spec = registry.get(builder_or_name)
+    builder = spec.builder(config=spec.config, data_dir=os.fspath(data_dir),
+                           file_format=FILE_FORMAT)
+  elif isinstance(builder_or_name, type):
+    builder = builder_or_name(data_dir=os.fspath(data_dir), file_format=FILE_FORMAT)
+  else:
+    builder = builder_or_name
+  builder.download_and_prepare(download_config=download_config(manual_dir))
+  return builder
+
+
+def read_split(builder_or_name, split: str, data_dir: os.PathLike | str, *,
+               manual_dir: os.PathLike | str | None = None,
+               limit: int | None = None) -> list[dict[str, Any]]:
+  """Reads a split as a list of numpy dicts sorted by id (building if needed).
+
+  Returns:
+    `[{'image': uint8 [H,W,3], 'label': uint8 [H,W], 'id': str}, ...]`,
+    the first `limit` ids when `limit` is given.
+  """
+  builder = prepare(builder_or_name, data_dir, manual_dir=manual_dir)
+  if split not in builder.info.splits:
+    raise ValueError(f"{builder.name}: no split {split!r}; it has {sorted(builder.info.splits)}.")
+  source = builder.as_data_source(split=split)
+  ids = [(_text(source[i]["id"]), i) for i in range(len(source))]
+  ids.sort(key=lambda x: _id_key(x[0]))
+  if limit is not None:
+    ids = ids[:limit]
+  out = []
+  for example_id, i in ids:
+    ex = source[i]
+    out.append({"image": np.asarray(ex["image"]), "label": np.asarray(ex["label"])[..., 0],
+                "id": example_id})
+  return out
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _id_key(example_id: str):
+  """Natural order: '2' before '10' (ids are often file numbers)."""
+  parts = []
+  for chunk in _split_digits(example_id):
+    parts.append((0, int(chunk), "") if chunk.isdigit() else (1, 0, chunk))
+  return tuple(parts)
+
+
+def _split_digits(text: str) -> list[str]:
+  chunks, cur = [], ""
+  for ch in text:
+    if cur and (ch.isdigit() != cur[-1].isdigit()):
+      chunks.append(cur)
+      cur = ""
+    cur += ch
+  if cur:
+    chunks.append(cur)
+  return chunks
