@@ -91,7 +91,7 @@ class Checkpointer:
     A step that already exists is skipped (False), e.g. a final save at a step
     the loop just saved. `metrics` ({best_key: value}) ranks the step for
     `best_step`; it is ignored when the Checkpointer has no `best_key`.
-    `force` saves even when orbax's save policy would decline.
+    orbax declines a step below the latest one (warned, False) unless `force`.
     """
     step = int(step)
     if step in self._mgr.all_steps():
@@ -104,7 +104,11 @@ class Checkpointer:
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave(to_jsonable(dict(meta or {}))))
-    return bool(self._mgr.save(step, args=args, metrics=ckpt_metrics, force=force))
+    saved = bool(self._mgr.save(step, args=args, metrics=ckpt_metrics, force=force))
+    if not saved:
+      logging.warning("orbax declined to save step %d (latest is %s); pass "
+                      "force=True to save an earlier step.", step, self.latest_step())
+    return saved
 
   def wait(self) -> None:
     """Blocks until a background save has finished (call before exit)."""

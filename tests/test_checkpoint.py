@@ -72,6 +72,10 @@ def test_round_trip_exact_structure_and_meta(tmp_path):
   assert int(restored2.step) == 7
   assert_same(restored2.replace(step=7), state)
   assert not ckpt.save(7, state)  # an existing step is skipped
+  assert not ckpt.save(5, state)  # below the latest: declined ...
+  assert ckpt.save(5, state, force=True)  # ... unless forced
+  ckpt.wait()
+  assert ckpt.all_steps() == [5, 7]
 
 
 def test_retention_keep_steps_best_and_resume(tmp_path):
@@ -134,6 +138,7 @@ def test_restore_subtree(tmp_path):
   # Into an optax namedtuple (saved as a list) by position.
   mu = checkpoint.restore_subtree(tmp_path, ("ann_opt_state", 0, "mu"))
   np.testing.assert_array_equal(mu["head"]["kernel"], state.ann_opt_state[0].mu["head"]["kernel"])
+  assert int(checkpoint.restore_subtree(tmp_path, ("step",))) == 7
   with pytest.raises(KeyError, match="seg_params"):
     checkpoint.restore_subtree(tmp_path, ("segparams",))
 
