@@ -10,20 +10,15 @@ upsampled), low to high resolution.
 """
 import importlib
 import inspect
-import os
-import sys
 
 from absl import app, flags
+import jax
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gmseg import viz
+from gmseg.models import generators
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from gmseg import viz  # noqa: E402
-from gmseg.models import generators  # noqa: E402
-
-FLAGS = flags.DEFINE_string("generator", "dcgan_faces", "Registry name (gmseg.models.generators).")
+GENERATOR = flags.DEFINE_string("generator", "dcgan_faces", "Registry name (gmseg.models.generators).")
 PATH = flags.DEFINE_string("path", None, "Checkpoint path, for generators that take one (stylegan2).")
 N = flags.DEFINE_integer("n", 16, "Number of samples.")
 SEED = flags.DEFINE_integer("seed", 0, "PRNG seed for the latents (and noise).")
@@ -45,18 +40,26 @@ def _feature_row(feat: np.ndarray, resolution: int) -> np.ndarray:
   return m.repeat(resolution // m.shape[1], axis=1).repeat(resolution // m.shape[2], axis=2)
 
 
+def _factory_args(name: str) -> set[str]:
+  """Parameter names of a registered factory, without building the generator."""
+  if name in generators._LAZY and name not in generators._REGISTRY:
+    importlib.import_module(generators._LAZY[name])  # the registry fills lazily
+  factory = generators._REGISTRY.get(name)
+  return set(inspect.signature(factory).parameters) if factory else set()
+
+
 def build_generator(name: str, path: str | None, truncation: float | None):
   """Registry lookup; returns (generator, z scale for truncation)."""
-  kwargs = {} if path is None else {"path": path}
-  z_scale = 1.0
+  args = _factory_args(name)
+  kwargs, z_scale = {}, 1.0
+  if path is not None:
+    arg = next((a for a in ("path", "weights_path", "pkl_path", "checkpoint") if a in args), None)
+    if arg is None:
+      raise app.UsageError(f"Generator {name!r} takes no checkpoint path (its arguments: "
+                           f"{sorted(args)}); drop --path.")
+    kwargs[arg] = path
   if truncation is not None:
-    # The registry fills lazily; import the generator's module to read its
-    # factory's signature without building it.
-    if name in generators._LAZY and name not in generators._REGISTRY:
-      importlib.import_module(generators._LAZY[name])
-    factory = generators._REGISTRY.get(name)
-    params = set(inspect.signature(factory).parameters) if factory else set()
-    arg = next((a for a in ("truncation_psi", "truncation") if a in params), None)
+    arg = next((a for a in ("truncation_psi", "truncation") if a in args), None)
     if arg:
       kwargs[arg] = truncation
     else:  # z-space truncation: shrink latents toward their mean 0
@@ -81,7 +84,7 @@ def sample_grid(gen: generators.Generator, n: int, seed: int, z_scale: float = 1
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  gen, z_scale = build_generator(FLAGS.value, PATH.value, TRUNCATION.value)
+  gen, z_scale = build_generator(GENERATOR.value, PATH.value, TRUNCATION.value)
   out = viz.save_png(OUT.value, sample_grid(gen, N.value, SEED.value, z_scale, COLS.value,
                                             FEATURES.value))
   print(f"Wrote {N.value} samples of {gen.name} ({gen.resolution}x{gen.resolution}) to {out}")
