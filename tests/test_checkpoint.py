@@ -23,6 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 class State:
   step: int
   seg_params: dict
+  seg_stats: dict  # {} for GroupNorm models: an empty subtree must survive
   ann_params: dict
   opt_state: optax.OptState
   ann_opt_state: optax.OptState
@@ -40,7 +41,7 @@ def make_state(seed=0):
   # One update each so momentum/mu/nu/count are not trivially zero.
   opt_state = sgd.update(grads, sgd.init(seg), seg)[1]
   ann_opt_state = adam.update(jax.tree.map(jnp.ones_like, ann), adam.init(ann), ann)[1]
-  return State(step=7 + seed, seg_params=seg, ann_params=ann, opt_state=opt_state,
+  return State(step=7 + seed, seg_params=seg, seg_stats={}, ann_params=ann, opt_state=opt_state,
                ann_opt_state=ann_opt_state, rng=jax.random.PRNGKey(seed))
 
 
@@ -64,7 +65,7 @@ def test_round_trip_exact_structure_and_meta(tmp_path):
   assert_same(restored, state)
   assert isinstance(restored, State)
   assert type(restored.opt_state[0]).__name__ == "TraceState"
-  assert restored.rng.dtype == jnp.uint32
+  assert restored.rng.dtype == jnp.uint32 and restored.seg_stats == {}
   assert rmeta == {"config": {"lr": 0.1, "sizes": [2, 3]}, "loss": 0.25, "count": 4}
   assert ckpt.restore_meta() == rmeta
   # The abstract target works too (a Python int leaf comes back as int32).
