@@ -532,7 +532,7 @@ def _flatten(tree, prefix=""):
     if isinstance(v, Mapping):
       out.update(_flatten(v, key + "/"))
     else:
-      out[key] = np.asarray(v)
+      out[key] = v
   return out
 
 
@@ -540,7 +540,8 @@ def save_converted(out_dir: str, params, arch_config) -> None:
   """Writes `out_dir/params.npz` (flat '/'-joined keys) and `config.json`."""
   a = _as_arch(arch_config)
   os.makedirs(out_dir, exist_ok=True)
-  np.savez(os.path.join(out_dir, PARAMS_FILE), **_flatten(params))
+  flat = {k: np.asarray(v, np.float32) for k, v in _flatten(params).items()}
+  np.savez(os.path.join(out_dir, PARAMS_FILE), **flat)
   with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
     json.dump({"format": "gmseg.stylegan2/1", "arch": a.to_dict()}, f, indent=1)
 
