@@ -61,8 +61,8 @@ Pass as `manual_dir` the VOC2010 folder (or a parent holding VOCdevkit/VOC2010 o
   VOC2010/JPEGImages/2008_000002.jpg
   VOC2010/Annotations/2008_000002.xml
   VOC2010/ImageSets/Main/horse_train.txt, horse_val.txt, aeroplane_train.txt, aeroplane_val.txt
-  VOC2010/Annotations_Part/2008_000002.mat   (also found in VOC2010/part_segmentation/,
-                                              VOC2010/trainval/ or beside VOC2010/)
+  trainval/Annotations_Part/2008_000002.mat  (Pascal-Part, beside VOC2010 or VOCdevkit, or
+                                             inside VOC2010/, VOC2010/part_segmentation/)
 """
 
 
@@ -99,11 +99,10 @@ def find_dirs(manual_dir: os.PathLike | str) -> tuple[pathlib.Path, pathlib.Path
   else:
     raise FileNotFoundError(f"{manual_dir}: no VOC2010 folder (JPEGImages/, ImageSets/Main/) "
                             "here or below.\n" + _INSTRUCTIONS)
-  for parts in (voc / "Annotations_Part", voc / "part_segmentation" / "Annotations_Part",
-                voc / "trainval" / "Annotations_Part", manual_dir / "Annotations_Part",
-                manual_dir / "trainval" / "Annotations_Part"):
-    if parts.is_dir():
-      return voc, parts
+  for base in (voc, voc / "part_segmentation", voc / "trainval", voc.parent, voc.parent / "trainval",
+               manual_dir, manual_dir / "trainval"):
+    if (base / "Annotations_Part").is_dir():
+      return voc, base / "Annotations_Part"
   raise FileNotFoundError(f"{manual_dir}: no Pascal-Part Annotations_Part/ folder.\n" + _INSTRUCTIONS)
 
 
