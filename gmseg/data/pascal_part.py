@@ -10,7 +10,7 @@ Crops follow the paper's preprocessing:
     at least one `<obj>` object in their .mat; the part map paints the parts of
     every `<obj>` object (later objects and parts overwrite earlier ones);
   * instances: the `<obj>` boxes of `Annotations/<id>.xml`, in file order; one
-    is skipped when its box overlaps another `<obj>` box with IoU > 0.05 or
+    is skipped when its box overlaps another `<obj>` box with "IoU" > 0.05 or
     when its width or height (VOC inclusive pixels) is under `min_size`
     (32 horse, 50 aeroplane);
   * crop: a square of side max(w, h) centred on the box, clipped to the image,
@@ -182,7 +182,11 @@ def voc_boxes(xml_path: pathlib.Path, obj: str) -> np.ndarray:
 
 
 def mutual_iou(boxes: np.ndarray) -> np.ndarray:
-  """`[n, n]` IoU of boxes (x1, y1, x2, y2, no +1), zero on the diagonal."""
+  """`[n, n]` overlap of boxes (x1, y1, x2, y2, no +1), zero on the diagonal.
+
+  As the paper's preprocessing computes it (kept for fidelity): intersection
+  over the area of the enclosing box, which is at most the true IoU.
+  """
   a, b = boxes[:, None], boxes[None]
   inter = np.prod(np.maximum(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]),
                              0.0), -1)
