@@ -48,6 +48,11 @@ class Build:  # REDUCE then BUILD(state)
     self.call, self.state = call, state
 
 
+class ODict:  # collections.OrderedDict() then SETITEMS, as older torch
+  def __init__(self, items):
+    self.items = dict(items)
+
+
 class PersId:
   def __init__(self, pid):
     self.pid = pid
@@ -152,6 +157,9 @@ class Writer:
       self.save(obj.call)
       self.save(obj.state)
       w(pickle.BUILD)
+    elif isinstance(obj, ODict):
+      self.save(Call(Glob("collections", "OrderedDict"), ()))
+      self._items(obj.items)
     elif isinstance(obj, PersId):
       self.save(obj.pid)
       w(pickle.BINPERSID)
@@ -214,11 +222,11 @@ class _Tensors:
                 (self.tensor(arr), False, _ordered_dict()))
 
 
-def _f64(value):
+def _f64(value, old):
   dtype = Build(Call(Glob("numpy", "dtype"), ("f8", False, True)),
                 (3, "<", None, None, None, -1, -1, 0))
-  return Call(Glob("numpy._core.multiarray", "scalar"),
-              (dtype, struct.pack("<d", value)))
+  module = "numpy.core.multiarray" if old else "numpy._core.multiarray"
+  return Call(Glob(module, "scalar"), (dtype, struct.pack("<d", value)))
 
 
 def _class_name(name):
@@ -231,7 +239,10 @@ def _class_name(name):
   raise ValueError(name)
 
 
-def _persistent(class_name, params, buffers, modules, attrs, nonpersistent=()):
+def _persistent(class_name, params, buffers, modules, attrs, nonpersistent=(),
+                old=False):
+  if old:  # torch 1.7-1.9 and numpy 1.x: OrderedDict containers
+    params, buffers, modules = ODict(params), ODict(buffers), ODict(modules)
   state = {"training": False, "_parameters": params, "_buffers": buffers,
            "_non_persistent_buffers_set": set(nonpersistent),
            "_backward_hooks": _ordered_dict(), "_forward_hooks": _ordered_dict(),
@@ -243,7 +254,7 @@ def _persistent(class_name, params, buffers, modules, attrs, nonpersistent=()):
   return Call(Glob("torch_utils.persistence", "_reconstruct_persistent_obj"), (meta,))
 
 
-def _network(state_dict, tensors, class_name, attrs, extras=True):
+def _network(state_dict, tensors, class_name, attrs, extras=True, old=False):
   """Rebuilds the module tree from dotted state_dict names (in order)."""
   tree = lambda: {"params": {}, "buffers": {}, "modules": {}}  # noqa: E731
   root = tree()
@@ -271,9 +282,10 @@ def _network(state_dict, tensors, class_name, attrs, extras=True):
         fan_in = sub["params"]["weight"].shape[1]
         lr = 0.01 if child.startswith("fc") else 1.0
         child_attrs = {"activation": "lrelu" if child.startswith("fc") else "linear",
-                       "weight_gain": _f64(lr / np.sqrt(fan_in)), "bias_gain": lr}
+                       "weight_gain": _f64(lr / np.sqrt(fan_in), old),
+                       "bias_gain": lr}
       modules[child] = build(sub, child, _class_name(child), child_attrs)
-    return _persistent(cls, params, buffers, modules, attrs, nonpersistent)
+    return _persistent(cls, params, buffers, modules, attrs, nonpersistent, old)
 
   return build(root, "", class_name, attrs)
 
@@ -291,7 +303,9 @@ def _generator_attrs(meta):
 def build_snapshot(name, protocol=4, keys=("training_set_kwargs", "G", "D", "G_ema",
                                              "augment_pipe")):
   """Bytes of a snapshot pickle made from a fixture's weights. G gets other
-  weights than G_ema, so reading the wrong network shows."""
+  weights than G_ema, so reading the wrong network shows. Protocol 3 also
+  mimics older files (OrderedDict containers, numpy.core names)."""
+  old = protocol < 4
   data = np.load(shared_path("fixtures", "stylegan2", f"{name}.npz"))
   with open(shared_path("fixtures", "stylegan2", f"{name}.json")) as f:
     meta = json.load(f)
@@ -305,7 +319,7 @@ def build_snapshot(name, protocol=4, keys=("training_set_kwargs", "G", "D", "G_e
       "G": _network({k: v + 1 for k, v in sd.items()}, tensors, "Generator", attrs,
                     extras=False),
       "D": _network(disc_sd, tensors, "Discriminator", {}, extras=False),
-      "G_ema": _network(sd, tensors, "Generator", attrs),
+      "G_ema": _network(sd, tensors, "Generator", attrs, old=old),
       "augment_pipe": None,
   }
   return Writer(protocol).dump({k: nets[k] for k in keys}), data, sd
@@ -336,6 +350,8 @@ _ARCH32 = sg.Arch(z_dim=32, w_dim=32, resolution=32, channel_base=1024,
 @pytest.mark.parametrize("protocol", [3, 4])
 def test_reads_state_dict_and_arch_exactly(protocol, tmp_path):
   blob, data, sd = build_snapshot("sg2_tiny64", protocol=protocol)
+  # Protocol 3 exercises the older layout (OrderedDicts, numpy.core).
+  assert (b"numpy.core.multiarray\nscalar" in blob) == (protocol == 3)
   path = tmp_path / "snap.pkl"
   path.write_bytes(blob)
   got, arch = stylegan2_pkl.read_pkl(str(path))
