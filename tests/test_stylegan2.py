@@ -136,3 +136,20 @@ def test_random_noise_distinct_per_layer_and_deterministic():
 def test_registry_rejects_missing_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="convert_stylegan2"):
     generators.get("stylegan2", path=str(tmp_path))
+
+
+def test_paper256_feature_shapes():
+  # ADA 'paper256' (channel_base 16384): 512@4..32, 256@64, 128@128, 64@256.
+  arch = sg.Arch(resolution=256, channel_base=16384, channel_max=512,
+                 mapping_layers=8)
+  assert arch.num_ws == 14
+  abstract = jax.eval_shape(lambda: sg.init_params(arch, jax.random.PRNGKey(0)))
+  gen = sg.make_generator(abstract, arch, truncation_cutoff=8)
+  assert gen.resolution == 256 and gen.z_dim == 512
+  assert gen.feature_shapes == ((4, 4, 512), (8, 8, 512), (16, 16, 512),
+                                (32, 32, 512), (64, 64, 256), (128, 128, 128),
+                                (256, 256, 64))
+  sd_shapes = sg.expected_state_dict_shapes(arch)
+  n_state = sum(int(np.prod(s)) for k, s in sd_shapes.items()
+                if not k.endswith("resample_filter"))
+  assert n_state == sum(x.size for x in jax.tree.leaves(abstract))
