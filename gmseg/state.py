@@ -1,0 +1,127 @@
+"""The training state pytree and the static description of one method setup.
+
+`TrainState` is everything that changes during training (checkpointed).
+`Method` is everything static the steps need (modules, optimisers, matched
+parameter paths, batch sizes); steps close over it with functools.partial, so
+it is never traced.
+"""
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from gmseg import matching
+from gmseg.models.generators import GeneratorFn
+from gmseg.typing import Params, PyTree
+
+# (images [B,H,W,3], probs [B,H,W,C]) -> the same, resized/cropped jointly.
+PairTransform = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Annotator and segmenter parameters, optimiser states, norm statistics.
+
+  `rng` is a raw uint32[2] key; per-step keys are `fold_in(rng, step)`, so a
+  resumed run repeats the randomness of an uninterrupted one. `*_stats` hold
+  BatchNorm running statistics (`{}` for GroupNorm models).
+  """
+  step: jax.Array
+  rng: jax.Array
+  ann_params: Params
+  ann_stats: PyTree
+  ann_opt_state: optax.OptState
+  seg_params: Params
+  seg_stats: PyTree
+  seg_opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """Static pieces of one gradient-matching setup.
+
+  Attributes:
+    gen_fn: generator `(params, z, rng) -> (images, features)`.
+    z_dim: latent size.
+    annotator: Flax module `(features, train) -> logits`.
+    segmenter: Flax module `(images, train) -> logits`.
+    ann_tx, seg_tx: optax optimisers of A and S.
+    matched: segmenter parameter paths whose gradients are matched.
+    metric, row_reduction, tensor_reduction, vectors: see
+      `matching.matching_distance`.
+    syn_batch: synthetic samples per device in an annotator step.
+    seg_batch: synthetic samples per device in a segmenter step.
+    transform: optional joint transform of (images, soft labels) before S.
+  """
+  gen_fn: GeneratorFn
+  z_dim: int
+  annotator: nn.Module
+  segmenter: nn.Module
+  ann_tx: optax.GradientTransformation
+  seg_tx: optax.GradientTransformation
+  matched: tuple[str, ...]
+  metric: str = "cosine"
+  row_reduction: str = "mean"
+  tensor_reduction: str = "mean"
+  vectors: str = "zero"
+  syn_batch: int = 2
+  seg_batch: int = 2
+  transform: Optional[PairTransform] = None
+
+
+def init_variables(module: nn.Module, rng: jax.Array, *inputs) -> tuple[Params, PyTree]:
+  """Initialises a module; returns (params, batch_stats or {})."""
+  variables = module.init({"params": rng, "dropout": rng}, *inputs, train=False)
+  return variables["params"], variables.get("batch_stats", {})
+
+
+def init_state(method: Method, gen_params: Params, seed: int) -> TrainState:
+  """Builds the initial state for `method` on its generator.
+
+  Shapes come from tracing the generator (and `method.transform`) once, so
+  the annotator and segmenter are initialised for exactly what they will see.
+
+  Args:
+    gen_params: the generator's parameters.
+    seed: base seed; its key is split for A, S and the per-step randomness.
+  """
+  def example(gen_params):
+    z = jnp.zeros((1, method.z_dim), jnp.float32)
+    images, feats = method.gen_fn(gen_params, z, jax.random.PRNGKey(0))
+    probs = jnp.zeros(images.shape[:3] + (method.annotator.num_classes,))
+    if method.transform is not None:
+      images, probs = method.transform(images, probs)
+    return images, feats
+
+  shapes = jax.eval_shape(example, gen_params)
+  images, feats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  k_a, k_s, k_run = jax.random.split(jax.random.PRNGKey(seed), 3)
+  ann_params, ann_stats = init_variables(method.annotator, k_a, feats)
+  seg_params, seg_stats = init_variables(method.segmenter, k_s, images)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), rng=k_run,
+      ann_params=ann_params, ann_stats=ann_stats,
+      ann_opt_state=method.ann_tx.init(ann_params),
+      seg_params=seg_params, seg_stats=seg_stats,
+      seg_opt_state=method.seg_tx.init(seg_params))
+
+
+def make_optimizer(name: str, lr: float, momentum: float = 0.9,
+                   b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
+  """The paper's SGD (lr 1e-3, momentum 0.9) or Adam."""
+  if name == "sgd":
+    return optax.sgd(lr, momentum=momentum or None)
+  if name == "adam":
+    return optax.adam(lr, b1=b1, b2=b2)
+  raise ValueError(f"Unknown optimizer {name!r}; use 'sgd' or 'adam'.")
+
+
+def matched_paths(segmenter_params: Params, selection: str,
+                  family: str | None = None) -> tuple[str, ...]:
+  """Paths selected by a preset name or `re:<regex>` (see gmseg.matching)."""
+  return matching.select_paths(segmenter_params,
+                               matching.resolve_pattern(selection, family))
