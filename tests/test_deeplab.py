@@ -20,8 +20,21 @@ TINY = dict(width=8, stage_sizes=(1, 1, 1, 1), aspp_channels=16)
 
 
 def _init(model, x, seed=0):
-  # jit: one compilation instead of hundreds of eager op compilations.
-  return jax.jit(model.init)({"params": jax.random.key(seed)}, x)
+  """Random variables of init's shapes, drawn with numpy: compiling
+  `model.init` costs several seconds on CPU even for tiny models (one RNG
+  program per tensor); test_shapes_and_output_stride runs the real one."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = math.prod(leaf.shape[:-1])
+      return rng.normal(0, math.sqrt(2 / fan_in), leaf.shape).astype(np.float32)
+    low, high = {"scale": (0.5, 1.5), "var": (0.5, 1.5)}.get(name, (-0.2, 0.2))
+    return rng.uniform(low, high, leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _apply(model, variables, x, rng=None, **kw):
@@ -40,7 +53,7 @@ def _flat(tree):
 def test_shapes_and_output_stride():
   model = deeplab.DeepLabV3(5, **TINY)
   x = jnp.zeros((2, 40, 24, 3))
-  variables = _init(model, x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
   logits, state = _apply(model, variables, x, capture_intermediates=True,
                          mutable=["intermediates"])
   assert logits.shape == (2, 40, 24, 5)
@@ -121,11 +134,8 @@ def test_dilation_follows_torchvision():
 def test_dropout_only_in_train_and_frozen_stats_fixed():
   model = deeplab.DeepLabV3(4, **TINY)
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1)
-  variables = _init(model, x)
-  # Non-trivial statistics, so "unchanged" is not just the init value.
-  stats = jax.tree.map(lambda s: s + 0.3 * jax.random.uniform(jax.random.key(2), s.shape),
-                       variables["batch_stats"])
-  variables = {"params": variables["params"], "batch_stats": stats}
+  variables = _init(model, x)  # non-trivial statistics, unlike init's 0 / 1
+  stats = variables["batch_stats"]
   eval_out = _apply(model, variables, x)
   r1, r2 = jax.random.key(3), jax.random.key(4)
   train_fn = jax.jit(lambda v, x, r: model.apply(
@@ -327,7 +337,8 @@ def test_load_torchvision_resnet_matches_reference(tmp_path):
   with jax.default_matmul_precision("highest"):
     ours = jax.jit(backbone.apply)({"params": loaded["params"]["backbone"],
                            "batch_stats": loaded["batch_stats"]["backbone"]}, h)
-  ref = _reference_resnet(state, jnp.transpose(h, (0, 3, 1, 2)), stages)
+  ref = jax.jit(lambda h: _reference_resnet(state, h, stages))(
+      jnp.transpose(h, (0, 3, 1, 2)))
   assert ours.shape == (2, 4, 4, 4 * 8 * 4)
   np.testing.assert_allclose(ours, jnp.transpose(ref, (0, 2, 3, 1)), rtol=1e-4, atol=1e-4)
   # The same keys as .npz load identically.
