@@ -1,0 +1,108 @@
+"""From a config to the objects the programs run: generator, models, method,
+labelled arrays. One place, so launchers and notebooks build the same things.
+"""
+import dataclasses
+import os
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from gmseg import matching
+from gmseg import state as state_lib
+from gmseg.models import annotator as annotator_lib
+from gmseg.models import generators
+from gmseg.models import layers
+
+
+def generator(config) -> generators.Generator:
+  """The configured frozen generator (`config.generator.name/kwargs`)."""
+  return generators.get(config.generator.name, **dict(config.generator.kwargs))
+
+
+def num_classes(config) -> int:
+  return len(config.class_names)
+
+
+def segmenter(seg_cfg, n_classes: int) -> nn.Module:
+  """UNet or DeepLabV3 from a `config.segmenter`-shaped ConfigDict."""
+  if seg_cfg.arch == "unet":
+    from gmseg.models import unet
+    return unet.UNet(n_classes, widths=tuple(seg_cfg.widths), norm=seg_cfg.norm)
+  if seg_cfg.arch == "deeplab":
+    from gmseg.models import deeplab
+    return deeplab.DeepLabV3(n_classes, depth=seg_cfg.depth, norm=seg_cfg.norm,
+                             backbone_norm=seg_cfg.backbone_norm,
+                             dropout=seg_cfg.dropout)
+  raise ValueError(f"Unknown segmenter arch {seg_cfg.arch!r}; use 'unet' or 'deeplab'.")
+
+
+def annotator(config) -> nn.Module:
+  a = config.annotator
+  return annotator_lib.Annotator(num_classes(config), tmp_channels=a.tmp_channels,
+                                 num_layers=a.num_layers, norm=a.norm)
+
+
+def gen_transform(config) -> Optional[state_lib.PairTransform]:
+  """Joint (image, soft label) transform between G+A and S."""
+  kind, res = config.gen_transform, config.data.resolution
+  if kind == "none":
+    return None
+  if kind == "resize":
+    return lambda x, p: (layers.resize_to(x, (res, res)), layers.resize_to(p, (res, res)))
+  if kind == "wide_crop":
+    def wide(x, p):
+      h = x.shape[1]
+      rows, top = (3 * h) // 4, (h - (3 * h) // 4) // 2
+      size = ((3 * res) // 4, res)
+      return (layers.resize_to(x[:, top:top + rows], size),
+              layers.resize_to(p[:, top:top + rows], size))
+    return wide
+  raise ValueError(f"Unknown gen_transform {kind!r}; use none, resize or wide_crop.")
+
+
+def method(config, gen: generators.Generator, devices: int = 1) -> state_lib.Method:
+  """The static Method of `config` on generator `gen`.
+
+  Args:
+    devices: local devices the global batches are split over.
+  """
+  b = config.batch
+  for name in ("labelled", "synthetic", "segmenter"):
+    if b[name] % devices:
+      raise ValueError(f"batch.{name}={b[name]} does not divide over {devices} "
+                       f"devices; use a multiple of {devices}.")
+  seg = segmenter(config.segmenter, num_classes(config))
+  probe = state_lib.Method(gen_fn=gen.apply_fn, z_dim=gen.z_dim,
+                           annotator=annotator(config), segmenter=seg,
+                           ann_tx=_tx(config.ann_optim), seg_tx=_tx(config.seg_optim),
+                           matched=(), transform=gen_transform(config))
+  shapes = jax.eval_shape(lambda p: state_lib.init_state(probe, p, 0), gen.params)
+  matched = state_lib.matched_paths(shapes.seg_params, config.matching.params,
+                                    config.segmenter.arch)
+  m = config.matching
+  return dataclasses.replace(
+      probe, matched=matched, metric=m.metric, row_reduction=m.row_reduction,
+      tensor_reduction=m.tensor_reduction, vectors=m.vectors,
+      syn_batch=b.synthetic // devices, seg_batch=b.segmenter // devices)
+
+
+def _tx(o):
+  return state_lib.make_optimizer(o.name, o.lr, momentum=o.momentum)
+
+
+def data_dir(config) -> str:
+  d = config.data.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  return os.path.expanduser(d)
+
+
+def split_arrays(config, split: str, limit: int = 0) -> dict[str, np.ndarray]:
+  """A split of the configured dataset as arrays: `image` float32
+  `[N, R, R, 3]` in [-1, 1], `label` uint8 `[N, R, R]`."""
+  from gmseg.data import pipeline  # lazy: pulls tfds
+  d = config.data
+  return pipeline.load_split(d.dataset, split, resolution=d.resolution,
+                             data_dir=data_dir(config),
+                             manual_dir=d.manual_dir or None,
+                             limit=limit or None, transform=d.transform)

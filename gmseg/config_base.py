@@ -1,0 +1,126 @@
+"""The base experiment config: every key, with what it means.
+
+Experiment files in configs/ call `get_base()` and override keys; config
+arguments (`configs/x.py:num=10,seed=1`) are parsed strictly by `parse_arg`.
+Durations are in steps.
+"""
+from typing import Any
+
+import ml_collections
+
+FASSEG_CLASSES = ("background", "hair", "skin", "eyes", "nose", "mouth")
+
+
+def get_base() -> ml_collections.ConfigDict:
+  """Returns the unlocked base config (callers override, then `lock()`)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0                    # A/S initialisation and per-step randomness
+  c.class_names = FASSEG_CLASSES  # index = class id; len = number of classes
+
+  # The frozen generator: registry name + factory kwargs (gmseg.models.generators).
+  c.generator = ml_collections.ConfigDict({"name": "random_conv", "kwargs": {}})
+
+  # Labelled sets. `dataset` is a gmseg.data.registry name; `num` keeps the
+  # first N ids (0 = all); data_dir '' = $TFDS_DATA_DIR or ~/tensorflow_datasets;
+  # manual_dir holds raw files for offline builds.
+  c.data = ml_collections.ConfigDict({
+      "dataset": "fasseg/frontal02",
+      "labelled_split": "train",
+      "num_labelled": 2,
+      "val_split": "test",     # periodic evaluation (best-snapshot selection)
+      "num_val": 0,
+      "test_split": "test",
+      "resolution": 64,        # side of labelled images and segmenter input
+      "transform": "square_crop",  # pipeline.load_split transform
+      "data_dir": "",
+      "manual_dir": "",
+  })
+
+  # Joint transform of generated (image, soft label) before S: 'none',
+  # 'resize' (to data.resolution) or 'wide_crop' (centre 3/4 rows, cars).
+  c.gen_transform = "resize"
+
+  c.annotator = ml_collections.ConfigDict({
+      "tmp_channels": 128,     # FPN width (paper: 128)
+      "num_layers": 3,         # head depth (paper: 3)
+      "norm": "group",         # group | batch (paper) | none
+  })
+
+  # Segmenter S: arch 'unet' or 'deeplab'. UNet reads widths; DeepLab reads
+  # depth, backbone_norm, dropout, pretrained (local torchvision .pth, '' = none).
+  c.segmenter = ml_collections.ConfigDict({
+      "arch": "unet",
+      "widths": (64, 128, 256, 512, 512),
+      "norm": "group",
+      "depth": 101,
+      "backbone_norm": "frozen_batch",
+      "dropout": 0.5,
+      "pretrained": "",
+  })
+
+  # Gradient matching (gmseg.matching): params is '<arch>:<preset>' or 're:<regex>'.
+  c.matching = ml_collections.ConfigDict({
+      "params": "unet:all",
+      "metric": "cosine",
+      "row_reduction": "mean",
+      "tensor_reduction": "mean",
+      "vectors": "zero",       # 1-D tensors: zero (paper) | exclude | match
+  })
+
+  # Optimisers (paper: SGD lr 1e-3 momentum 0.9 for both).
+  c.ann_optim = ml_collections.ConfigDict({"name": "sgd", "lr": 1e-3, "momentum": 0.9})
+  c.seg_optim = ml_collections.ConfigDict({"name": "sgd", "lr": 1e-3, "momentum": 0.9})
+
+  # Global batch sizes (split over devices and hosts).
+  c.batch = ml_collections.ConfigDict({
+      "labelled": 2,           # labelled images per annotator step
+      "synthetic": 2,          # generated samples per annotator step
+      "segmenter": 2,          # generated samples per segmenter step
+  })
+
+  c.train = ml_collections.ConfigDict({
+      "steps": 150_000,        # iterations of the A/S loop
+      "ann_every": 1,          # run an annotator step every k iterations
+      "seg_every": 1,          # run a segmenter step every k iterations
+      "log_every": 100,
+      "eval_every": 4_000,     # validation + best-snapshot tracking
+      "ckpt_every": 4_000,
+      "grid_every": 4_000,
+      "keep": 3,               # latest checkpoints kept (plus the best)
+      "eval_batch": 8,
+  })
+
+  # Phase two: synthetic dataset from G + A, then a fresh segmenter.
+  c.downstream = ml_collections.ConfigDict({
+      "num_images": 10_000,
+      "gen_batch": 16,
+      "filter": "none",        # none | confidence | ensemble
+      "min_confidence": 0.9,   # mean max-prob per image for 'confidence'
+      "keep_fraction": 0.9,    # fraction kept by 'ensemble' (least disagreement)
+      "epochs": 20,
+      "batch": 8,
+      "optim": ml_collections.ConfigDict({"name": "adam", "lr": 1e-3, "momentum": 0.9}),
+      "segmenter": "",         # '' = same as `segmenter`
+      "ckpt_every_epoch": 1,
+  })
+  return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `k=v,k2=v2` against `defaults` (types from the defaults).
+
+  Unknown keys are errors listing the known ones.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(","):
+    if "=" not in item:
+      raise ValueError(f"Config argument {item!r} is not key=value; known "
+                       f"keys: {sorted(defaults)}.")
+    k, v = item.split("=", 1)
+    if k not in defaults:
+      raise ValueError(f"Unknown config argument {k!r}; known: {sorted(defaults)}.")
+    kind = type(defaults[k])
+    out[k] = (v.lower() in ("1", "true", "yes")) if kind is bool else kind(v)
+  return out
