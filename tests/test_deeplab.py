@@ -2,7 +2,6 @@
 torchvision, dilation rules, dropout, frozen BatchNorm, and the torchvision
 checkpoint loader (on a torch-zip file written here, checked against an
 independent NCHW/OIHW forward pass)."""
-import io
 import math
 import struct
 import zipfile
