@@ -1,0 +1,82 @@
+r"""Small CPU experiment: DCGAN faces, six face-part classes, k labelled images.
+
+The pretrained 64x64 DCGAN of the PyPI package gan-face-generate (installed
+with --no-deps; converted without torch) is the frozen generator; the
+labelled set is k real FASSEG frontal02 faces (labelled=fasseg) or k
+analytically rendered faces (labelled=rendered); a small UNet, every
+parameter matched. Sizes and durations are modest so a run fits 2 CPU cores
+in minutes; they are a starting point, not tuned.
+
+Annotator learning (S evaluated on the 50 FASSEG test faces):
+
+  python launch/annotate.py --config configs/faces.py:num=5 --workdir runs/faces_n5
+
+Offline, point manual_dir at the folder holding FASSEG's V2/ (e.g.
+`configs/faces.py:num=5,manual_dir=../shared/data/fasseg`).
+
+Phase two (generated set, fresh UNet) and evaluation:
+
+  python launch/downstream.py --config configs/faces.py:num=5 --workdir runs/faces_n5
+  python launch/evaluate.py --workdir runs/faces_n5 --split test
+
+Arguments: num (labelled images), labelled (fasseg | rendered), seed, steps,
+downstream_images, data_dir, manual_dir.
+"""
+import ml_collections
+
+from gmseg import config_base
+from gmseg.data import fasseg
+from gmseg.data import rendered_faces
+
+LABELLED = {"fasseg": "fasseg/frontal02", "rendered": "rendered_faces"}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_base.parse_arg(arg, num=5, labelled="fasseg", seed=0, steps=1_000,
+                              downstream_images=1_000, data_dir="", manual_dir="")
+  if arg.labelled not in LABELLED:
+    raise ValueError(f"labelled={arg.labelled!r}: must be one of {tuple(LABELLED)} "
+                     "(real FASSEG frontal02 faces or rendered faces).")
+  if arg.num < 0:
+    raise ValueError(f"num={arg.num}: the number of labelled images must be >= 0 (0 = all).")
+  if arg.steps <= 0 or arg.downstream_images <= 0:
+    raise ValueError(f"steps={arg.steps} and downstream_images={arg.downstream_images} "
+                     "must be positive.")
+  c = config_base.get_base()
+  c.seed = arg.seed
+  if rendered_faces.CLASS_NAMES != fasseg.CLASS_NAMES:  # the renderer paints FASSEG's classes
+    raise ValueError("rendered_faces.CLASS_NAMES and fasseg.CLASS_NAMES differ; the faces "
+                     "config needs one class map for both labelled sets.")
+  c.class_names = fasseg.CLASS_NAMES
+
+  c.generator = ml_collections.ConfigDict({"name": "dcgan_faces", "kwargs": {}})
+
+  c.data.dataset = LABELLED[arg.labelled]
+  c.data.labelled_split = "train"
+  c.data.num_labelled = arg.num
+  c.data.val_split = "test"           # FASSEG has train/test only
+  c.data.num_val = 0
+  c.data.test_split = "test"
+  c.data.resolution = 64              # the DCGAN's output size
+  # FASSEG faces are portrait (~363x512): the centred square keeps the face.
+  c.data.transform = "square_crop"
+  c.data.data_dir = arg.data_dir
+  c.data.manual_dir = arg.manual_dir
+  c.gen_transform = "none"            # generator and labels are both 64x64
+
+  c.annotator.tmp_channels = 32
+  c.segmenter.arch = "unet"
+  c.segmenter.widths = (16, 32, 64, 64, 64)
+  c.matching.params = "unet:all"
+
+  c.train.steps = arg.steps
+  c.train.log_every = 50
+  c.train.eval_every = 250
+  c.train.ckpt_every = 250
+  c.train.grid_every = 250
+  c.train.eval_batch = 25
+
+  c.downstream.num_images = arg.downstream_images
+  c.downstream.gen_batch = 50
+  c.downstream.epochs = 5
+  return c.lock()
