@@ -1,0 +1,414 @@
+"""Phase two: a synthetic labelled set from G + A, then a fresh segmenter on it.
+
+`generate` restores the trained annotator from `<workdir>/checkpoints`,
+samples `downstream.num_images` latents, labels each generated image with the
+argmax of the annotator's softmax (after `gen_transform`, as the segmenter
+saw them in phase one) and keeps the per-pixel confidence (max probability).
+Optional filters drop images:
+
+  'confidence': images whose mean max-probability is below
+                `downstream.min_confidence`.
+  'ensemble':   DatasetGAN's uncertainty filter. Several annotators (the chosen
+                snapshot and the latest other saved ones, `downstream.
+                ensemble_size` in all when the config has that key, else every
+                saved one) label the same images; an image's uncertainty is
+                the mean over pixels of the Jensen-Shannon divergence of their
+                predictions, H(mean_k p_k) - mean_k H(p_k). The `keep_fraction`
+                least uncertain images are kept.
+
+Labels always come from the chosen annotator. The set is written as the tfds
+dataset `gmseg_synthetic` (gmseg.data.synthetic) in `<workdir>/downstream/
+dataset`, with `generation.json` (what was generated, kept, and from which
+annotator steps) and `grids/dataset.png` (kept examples: image, labels,
+overlay, pixels under 0.9 confidence in magenta; `grids/dropped.png` for the
+filtered ones).
+
+`train` fits a fresh segmenter (`downstream.segmenter`, see
+`restore.segmenter_config`) with hard cross-entropy on the set: optimiser
+`downstream.optim`, batch `downstream.batch`, `downstream.epochs` epochs,
+each a permutation seeded by (seed, epoch) with the last partial batch
+dropped. After every epoch it scores `data.val_split` (and `data.test_split`
+when different), writes metrics to `<workdir>/downstream/metrics.jsonl` and
+TensorBoard, and checkpoints (checkpoint step = epoch; the latest 20 plus the
+best validation FG-mIoU are kept, as the 5-fold CV protocol needs the last
+20). A restarted `train` resumes from the latest epoch.
+"""
+import functools
+import json
+import pathlib
+import shutil
+from typing import Union
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmseg import build
+from gmseg import checkpoint
+from gmseg import evaluate
+from gmseg import metric_writers
+from gmseg import progress as progress_lib
+from gmseg import restore
+from gmseg import state as state_lib
+from gmseg import steps
+from gmseg import viz
+from gmseg.data import synthetic
+
+FILTERS = ("none", "confidence", "ensemble")
+KEEP_SNAPSHOTS = 20   # the 5-fold CV protocol uses the last 20 snapshots
+_SHARD_IMAGES = 512   # images per staging shard (bounds host memory)
+_LATENT_TAG = 0x5E7   # folded into the seed: phase-two latents differ from phase one's
+_GRID_EXAMPLES = 8
+
+
+def directory(workdir) -> pathlib.Path:
+  """`<workdir>/downstream`."""
+  return pathlib.Path(workdir) / "downstream"
+
+
+def dataset_dir(workdir) -> pathlib.Path:
+  """The tfds data_dir of the synthetic set."""
+  return directory(workdir) / "dataset"
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _js_divergence(probs: jax.Array) -> jax.Array:
+  """Jensen-Shannon divergence of an ensemble, per pixel.
+
+  Args:
+    probs: `[K, B, H, W, C]` member probabilities.
+  Returns:
+    `[B, H, W]` H(mean_k p_k) - mean_k H(p_k) (nats; 0 when all agree).
+  """
+  def entropy(p):
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.maximum(p, 1e-12)), 0.0), axis=-1)
+  return entropy(jnp.mean(probs, axis=0)) - jnp.mean(entropy(probs), axis=0)
+
+
+def sample_batch(gen_params, members, key, batch_index, *, method: state_lib.Method,
+                 batch: int) -> dict:
+  """One batch of generated images labelled by the first of `members`.
+
+  Latents and generator noise come from `fold_in(key, batch_index)`, so image
+  i of the set depends only on (key, i // batch, i % batch).
+
+  Args:
+    members: tuple of (ann_params, ann_stats); the first labels, all of them
+      score disagreement (one member: score = mean confidence).
+  Returns:
+    image uint8 `[B, H, W, 3]`, label uint8 `[B, H, W]`, confidence uint8
+    `[B, H, W]` (max prob * 255), mean_confidence `[B]`, uncertainty `[B]`
+    (mean Jensen-Shannon divergence; 0 with one member).
+  """
+  k_z, k_noise = jax.random.split(jax.random.fold_in(key, batch_index))
+  z = jax.random.normal(k_z, (batch, method.z_dim), jnp.float32)
+  images, feats = method.gen_fn(gen_params, z, k_noise)
+  member_probs = []
+  for ann_params, ann_stats in members:
+    logits, _ = steps.annotate(method, ann_params, ann_stats, feats, images.shape[1:3],
+                               train=False)
+    x, probs = steps._with_transform(method, images, jax.nn.softmax(logits, axis=-1))  # pylint: disable=protected-access
+    member_probs.append(probs)
+  probs = member_probs[0]
+  conf = jnp.max(probs, axis=-1)
+  uncertainty = (jnp.mean(_js_divergence(jnp.stack(member_probs)), axis=(1, 2))
+                 if len(member_probs) > 1 else jnp.zeros((batch,)))
+  return {
+      "image": jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8),
+      "label": jnp.argmax(probs, axis=-1).astype(jnp.uint8),
+      "confidence": jnp.round(conf * 255.0).astype(jnp.uint8),
+      "mean_confidence": jnp.mean(conf, axis=(1, 2)),
+      "uncertainty": uncertainty,
+  }
+
+
+def _ensemble_steps(ckpt_dir, main_step: int, size: int) -> list[int]:
+  """The main step first, then the latest other saved steps (`size` in all; 0 = all)."""
+  ckpt = checkpoint.Checkpointer(ckpt_dir, async_save=False)
+  saved = ckpt.all_steps()
+  ckpt.close()
+  others = [s for s in reversed(saved) if s != main_step]
+  chosen = [main_step] + (others if size <= 0 else others[:size - 1])
+  if len(chosen) < 2:
+    raise ValueError(f"downstream.filter='ensemble' needs at least 2 annotator checkpoints; "
+                     f"{ckpt_dir} has {saved}. Keep more (train.keep) or use filter="
+                     "'confidence' / 'none'.")
+  return chosen
+
+
+def _restore_annotator(ckpt_dir, step: int):
+  params = checkpoint.restore_subtree(ckpt_dir, ("ann_params",), step=step)
+  stats = restore._restore_optional(ckpt_dir, ("ann_stats",), step, None)  # pylint: disable=protected-access
+  return params, stats
+
+
+def _select(filter_name: str, d, mean_conf: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
+  """Boolean keep mask over the generated images."""
+  n = len(mean_conf)
+  if filter_name == "none":
+    return np.ones(n, bool)
+  if filter_name == "confidence":
+    return mean_conf >= d.min_confidence
+  if not 0.0 < d.keep_fraction <= 1.0:
+    raise ValueError(f"downstream.keep_fraction={d.keep_fraction}: use a fraction in (0, 1].")
+  k = max(1, int(round(n * d.keep_fraction)))
+  # Stable sort: ties keep the earlier latent, so the result is deterministic.
+  order = np.argsort(uncertainty, kind="stable")
+  keep = np.zeros(n, bool)
+  keep[order[:k]] = True
+  return keep
+
+
+def _settings(config, annotator_steps) -> dict:
+  d = config.downstream
+  return {"num_images": int(d.num_images), "filter": d.filter,
+          "min_confidence": float(d.min_confidence), "keep_fraction": float(d.keep_fraction),
+          "seed": int(config.seed), "annotator_steps": [int(s) for s in annotator_steps],
+          "gen_transform": config.gen_transform, "resolution": int(config.data.resolution)}
+
+
+def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathlib.Path:
+  """Writes the synthetic set; returns its tfds data_dir.
+
+  A set already generated with the same settings and annotator steps is
+  reused (so a restarted `run` does not regenerate); different settings are
+  an error, since downstream checkpoints would belong to the old set.
+
+  Args:
+    config: the run's config (`downstream.*`, generator, annotator).
+    workdir: the annotation run's directory (`checkpoints/` inside).
+    annotator_step: 'best' (validation FG-mIoU), 'latest' or a saved step.
+  """
+  d = config.downstream
+  if d.filter not in FILTERS:
+    raise ValueError(f"downstream.filter={d.filter!r}: use one of {FILTERS}.")
+  if d.num_images < 1 or d.gen_batch < 1:
+    raise ValueError(f"downstream.num_images={d.num_images} and gen_batch={d.gen_batch} "
+                     "must be positive.")
+  out, data_dir = directory(workdir), dataset_dir(workdir)
+  ckpt_dir = restore.checkpoint_dir(workdir, "annotate")
+  main_step = restore.resolve_step(ckpt_dir, annotator_step)
+  annotator_steps = [main_step]
+  if d.filter == "ensemble":
+    annotator_steps = _ensemble_steps(ckpt_dir, main_step, int(d.get("ensemble_size", 0)))
+  settings = _settings(config, annotator_steps)
+  info_path = out / "generation.json"
+  if synthetic.is_prepared(data_dir) and info_path.is_file():
+    old = json.loads(info_path.read_text())
+    if {k: old.get(k) for k in settings} != settings:
+      raise ValueError(f"{data_dir} holds a synthetic set generated with {old} but the config asks "
+                       f"for {settings}: delete {out} (or use another workdir) to regenerate.")
+    logging.info("Reusing the synthetic set in %s (%d images).", data_dir, old["num_kept"])
+    return data_dir
+  if data_dir.exists():
+    shutil.rmtree(data_dir)  # a partial earlier attempt
+
+  gen = build.generator(config)
+  method = build.method(config, gen)
+  members = tuple(_restore_annotator(ckpt_dir, s) for s in annotator_steps)
+  sample = jax.jit(functools.partial(sample_batch, method=method, batch=int(d.gen_batch)))
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _LATENT_TAG)
+
+  staging = out / "staging"
+  if staging.exists():
+    shutil.rmtree(staging)
+  staging.mkdir(parents=True)
+  n, b = int(d.num_images), int(d.gen_batch)
+  num_batches = -(-n // b)
+  batches_per_shard = max(1, _SHARD_IMAGES // b)
+  shards, buffer = [], []
+  mean_conf, uncertainty = [], []
+  prog = progress_lib.Progress(num_batches)
+
+  def flush():
+    arrays = {k: np.concatenate([x[k] for x in buffer]) for k in buffer[0]}
+    name = f"shard_{len(shards):05d}.npz"
+    np.savez(staging / name, **arrays)
+    shards.append(name)
+    buffer.clear()
+
+  logging.info("Generating %d images with annotator step(s) %s.", n, annotator_steps)
+  for i in range(num_batches):
+    out_batch = jax.device_get(sample(gen.params, members, key, i))
+    real = min(b, n - i * b)  # the last batch is generated whole and trimmed
+    out_batch = {k: v[:real] for k, v in out_batch.items()}
+    out_batch["index"] = np.arange(i * b, i * b + real)
+    buffer.append(out_batch)
+    mean_conf.append(out_batch["mean_confidence"])
+    uncertainty.append(out_batch["uncertainty"])
+    if len(buffer) == batches_per_shard:
+      flush()
+    prog.update(i + 1)
+  if buffer:
+    flush()
+  mean_conf, uncertainty = np.concatenate(mean_conf), np.concatenate(uncertainty)
+  keep = _select(d.filter, d, mean_conf, uncertainty)
+  if not keep.any():
+    raise ValueError(
+        f"The {d.filter!r} filter dropped all {n} images (mean confidence ranges "
+        f"{mean_conf.min():.3f}..{mean_conf.max():.3f}, downstream.min_confidence="
+        f"{d.min_confidence}): lower min_confidence or train the annotator longer.")
+  score = uncertainty if d.filter == "ensemble" else mean_conf
+  # The builder reads `score` from the shards: add it once keep/score are known.
+  for name in shards:
+    with np.load(staging / name) as data:
+      arrays = dict(data)
+    arrays["score"] = score[arrays["index"]].astype(np.float32)
+    np.savez(staging / name, **arrays)
+  (staging / synthetic.MANIFEST).write_text(json.dumps(
+      {"shards": shards, "keep": np.flatnonzero(keep).tolist()}))
+  synthetic.build(data_dir, staging)
+  _write_grids(out / "grids", staging, shards, keep)
+  shutil.rmtree(staging)
+
+  info = dict(settings, num_generated=n, num_kept=int(keep.sum()),
+              mean_confidence=float(mean_conf.mean()),
+              kept_mean_confidence=float(mean_conf[keep].mean()),
+              mean_uncertainty=float(uncertainty.mean()),
+              kept_max_uncertainty=float(uncertainty[keep].max()))
+  info_path.write_text(json.dumps(info, indent=2) + "\n")
+  logging.info("Synthetic set: kept %d of %d images in %s.", info["num_kept"], n, data_dir)
+  return data_dir
+
+
+def _write_grids(grid_dir, staging, shards, keep):
+  """grids/dataset.png (first kept) and grids/dropped.png (first dropped, if any)."""
+  picks = {True: [], False: []}
+  for name in shards:
+    with np.load(staging / name) as data:
+      for i, index in enumerate(data["index"]):
+        group = picks[bool(keep[index])]
+        if len(group) < _GRID_EXAMPLES:
+          group.append((data["image"][i], data["label"][i], data["confidence"][i]))
+    if all(len(g) == _GRID_EXAMPLES for g in picks.values()):
+      break
+  for kept, fname in ((True, "dataset.png"), (False, "dropped.png")):
+    if not picks[kept]:
+      continue
+    images, labels, conf = (np.stack(x) for x in zip(*picks[kept]))
+    # label_grid reads only the max over the last axis: confidence as one "class".
+    viz.save_png(grid_dir / fname, viz.label_grid(
+        images, labels, probs=conf[..., None].astype(np.float32) / 255.0))
+
+
+# ------------------------------------------------------------------ training
+
+
+def _load_batch(source, indices) -> dict:
+  examples = [source[int(i)] for i in indices]
+  return {"image": np.stack([ex["image"] for ex in examples]).astype(np.float32) / 127.5 - 1.0,
+          "label": np.stack([ex["label"][..., 0] for ex in examples])}
+
+
+def init_state(config, image_shape, tx) -> state_lib.TrainState:
+  """A TrainState holding only a fresh downstream segmenter (annotator fields empty).
+
+  The same pytree type as phase one, so `restore.restore_segmenter` reads
+  both phases' checkpoints the same way.
+
+  Args:
+    image_shape: `(height, width, 3)` of the synthetic images.
+  """
+  module = restore.segmenter_module(config, "downstream")
+  k_init, k_run = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed),
+                                                      _LATENT_TAG + 1))
+  params, stats = state_lib.init_variables(module, k_init, jnp.zeros((1,) + tuple(image_shape)))
+  return state_lib.TrainState(step=jnp.zeros((), jnp.int32), rng=k_run, ann_params={},
+                              ann_stats={}, ann_opt_state=(), seg_params=params,
+                              seg_stats=stats, seg_opt_state=tx.init(params))
+
+
+def _eval_sets(config) -> dict:
+  d = config.data
+  sets = {"val": build.split_arrays(config, d.val_split, limit=d.num_val)}
+  if d.test_split != d.val_split:
+    sets["test"] = build.split_arrays(config, d.test_split)
+  return sets
+
+
+def train(config, workdir) -> dict:
+  """Trains the downstream segmenter on the generated set (resuming if possible).
+
+  Returns:
+    dict(epochs, steps, dataset_size, best_epoch, val=scores of the last
+    epoch[, test=...]); scores without the confusion matrix.
+  """
+  d = config.downstream
+  out = directory(workdir)
+  source = synthetic.source(dataset_dir(workdir))
+  n, batch = len(source), int(d.batch)
+  if n < batch:
+    raise ValueError(f"The synthetic set has {n} images, fewer than downstream.batch={batch}: "
+                     "generate more (downstream.num_images) or filter less.")
+  steps_per_epoch = n // batch
+  tx = state_lib.make_optimizer(d.optim.name, d.optim.lr, momentum=d.optim.momentum)
+  image_shape = source[0]["image"].shape
+  state = init_state(config, image_shape, tx)
+  module = restore.segmenter_module(config, "downstream")
+  # supervised_step reads only the segmenter and its optimiser from the Method.
+  method = state_lib.Method(gen_fn=None, z_dim=0, annotator=None, segmenter=module,
+                            ann_tx=None, seg_tx=tx, matched=())
+  step_fn = jax.jit(functools.partial(steps.supervised_step, method=method), donate_argnums=0)
+  predict = restore.predict_fn(module)
+
+  ckpt = checkpoint.Checkpointer(out / "checkpoints", keep=KEEP_SNAPSHOTS, best_key="fg_miou")
+  state, meta = ckpt.maybe_restore(state)
+  start_epoch = int(meta["epoch"]) if meta else 0
+  is_main = jax.process_index() == 0
+  writer = metric_writers.MetricWriter(out, enabled=is_main)
+  if is_main and start_epoch == 0:
+    metric_writers.write_config(out, config)
+  sets = _eval_sets(config)
+  n_classes = build.num_classes(config)
+  log_every = max(1, int(config.train.log_every))
+  prog = progress_lib.Progress(d.epochs * steps_per_epoch, start_step=start_epoch * steps_per_epoch)
+  summary = {}
+  logging.info("Downstream: %d images, %d steps/epoch, epochs %d..%d.", n, steps_per_epoch,
+               start_epoch + 1, d.epochs)
+  for epoch in range(start_epoch, d.epochs):
+    order = np.random.default_rng([int(config.seed), epoch]).permutation(n)
+    for i in range(steps_per_epoch):
+      state, metrics = step_fn(state, _load_batch(source, order[i * batch:(i + 1) * batch]))
+      step = epoch * steps_per_epoch + i + 1
+      if step % log_every == 0 or i == steps_per_epoch - 1:
+        metrics = jax.device_get(metrics)
+        progress_lib.check_finite(metrics, step)
+        writer.write_scalars(step, dict(metrics, epoch=epoch + 1), prefix="train")
+      prog.update(step)
+    with prog.paused():
+      summary = {}
+      for name, data in sets.items():
+        result = evaluate.evaluate_segmenter(
+            lambda x: predict(state.seg_params, state.seg_stats, x), data["image"],
+            data["label"], n_classes, batch_size=config.train.eval_batch)
+        result.pop("confusion")
+        summary[name] = metric_writers.to_jsonable(result)
+        writer.write_scalars(step, dict(result, epoch=epoch + 1), prefix=name)
+      logging.info("epoch %d/%d: val FG-mIoU %.4f mIoU %.4f", epoch + 1, d.epochs,
+                   summary["val"]["fg_miou"], summary["val"]["miou"])
+      if (epoch + 1) % max(1, int(d.ckpt_every_epoch)) == 0 or epoch + 1 == d.epochs:
+        ckpt.save(epoch + 1, state,
+                  meta={"config": config.to_dict(), "epoch": epoch + 1, "step": step,
+                        "dataset_size": n, "val": summary["val"]},
+                  metrics={"fg_miou": summary["val"]["fg_miou"]})
+  ckpt.wait()
+  best_epoch = ckpt.best_step()
+  ckpt.close()
+  writer.close()
+  if not summary:  # nothing left to train: report the last logged evaluation
+    for name in ("val", "test"):
+      records = [r for r in metric_writers.read_jsonl(out, prefix=name) if "miou" in r]
+      if records:
+        summary[name] = {k: v for k, v in records[-1].items()
+                         if k not in ("step", "time", "prefix", "epoch")}
+  return dict(summary, epochs=int(d.epochs), steps=int(d.epochs) * steps_per_epoch,
+              dataset_size=n, best_epoch=best_epoch)
+
+
+def run(config, workdir, annotator_step: Union[str, int] = "best") -> dict:
+  """Phase two end to end: `generate` (or reuse) then `train`."""
+  generate(config, workdir, annotator_step)
+  return train(config, workdir)
