@@ -21,6 +21,10 @@ Phase two (10,000 generated images, a fresh DeepLab, Adam) and evaluation:
 
   python launch/downstream.py --config configs/celeba.py:num=10 --workdir runs/celeba_n10
   python launch/evaluate.py --workdir runs/celeba_n10 --split test
+  python launch/evaluate.py --workdir runs/celeba_n10 --split test --which downstream
+
+(evaluate: the best-validation snapshot of phase one, or of phase two with
+`--which downstream`, scored on test.)
 
 Arguments (`configs/celeba.py:k=v,...`): num (labelled images: the paper
 uses 2, 10, 30, 150, 1500), seed, steps, gen_path, pretrained, data_dir,

@@ -25,6 +25,7 @@ Phase two and evaluation:
 
   python launch/downstream.py --config configs/cgpart.py --workdir runs/cgpart_car
   python launch/evaluate.py --workdir runs/cgpart_car --split test
+  python launch/evaluate.py --workdir runs/cgpart_car --split test --which downstream
 
 Arguments: seg (deeplab | unet), num (rendered images, 0 = all), seed, steps,
 gen_path, pretrained, data_dir, manual_dir (the folder holding CGPart_render

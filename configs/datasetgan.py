@@ -7,12 +7,14 @@ is DatasetGAN's real annotated images (`test` split). StyleGAN2 generator
 on its head, or the UNet matched on all its parameters; 150k iterations.
 
 Evaluation protocol (DatasetGAN's, which the paper follows): there is no
-validation set. S is evaluated on the whole test set at every snapshot
-(`val_split` = `test_split` = 'test', with per-image confusions), then
-5-fold cross-validation on the sorted test images: each fold in turn selects,
-among the last 20 snapshots, the one with the best mIoU (background
-included) on that fold, and its mIoU on the other four fifths is recorded;
-the report is mean +- std over folds (`gmseg.evaluate.five_fold_cv`).
+validation set, so `val_split` = `test_split` = 'test' (phase one only
+monitors S on it). The score is 5-fold cross-validation on the sorted test
+images: each fold in turn picks, among the last 20 snapshots, the one with
+the best mIoU (background included) on that fold, and its mIoU on the other
+four fifths is recorded; the report is mean +- std over folds
+(`gmseg.evaluate.five_fold_cv`). Phase two keeps its 20 epoch snapshots;
+to cross-validate phase one's S as well, keep 20 of its snapshots
+(`--config.train.keep=20`) and evaluate with `--which annotate`.
 
 Annotator learning:
 
@@ -27,10 +29,12 @@ torchvision ResNet-101 .pth, e.g.
     --config configs/datasetgan.py:obj=cat,seg=unet,gen_path=checkpoints/cat256 \
     --workdir runs/dgan_cat_unet
 
-Phase two and evaluation (5-fold CV on test):
+Phase two (the annotator's last snapshot, so the test set never selects it)
+and evaluation (5-fold CV on test over the last 20 epoch snapshots):
 
-  python launch/downstream.py --config configs/datasetgan.py:obj=car,seg=deeplab --workdir runs/dgan_car_deeplab
-  python launch/evaluate.py --workdir runs/dgan_car_deeplab --split test
+  python launch/downstream.py --config configs/datasetgan.py:obj=car,seg=deeplab \
+    --workdir runs/dgan_car_deeplab --annotator_step=latest
+  python launch/evaluate.py --workdir runs/dgan_car_deeplab --split test --which downstream --protocol cv5
 
 Arguments: obj (car | cat | face), seg (deeplab | unet), num (labelled
 images; 0 = all, default the paper's count), seed, steps, gen_path,

@@ -20,6 +20,7 @@ Phase two and evaluation (VOC val crops):
 
   python launch/downstream.py --config configs/pascal.py:obj=horse,num=10 --workdir runs/horse_n10
   python launch/evaluate.py --workdir runs/horse_n10 --split test
+  python launch/evaluate.py --workdir runs/horse_n10 --split test --which downstream
 
 Arguments: obj (horse | aeroplane), num (the paper uses 2, 10, 30, 100, 180),
 seed, steps, gen_path, pretrained, data_dir, manual_dir (the folder holding
