@@ -109,6 +109,65 @@ def _with_transform(method: Method, images, probs):
   return method.transform(images, probs)
 
 
+def _segmenter_grads(method: Method, state: TrainState, loss_fn, images,
+                     targets, rng, axis_name):
+  """Mean over the (global) batch of per-example gradients of S's loss with
+  respect to the matched parameters; differentiable in `targets`."""
+  seg_matched, seg_rest = matching.split(state.seg_params, method.matched)
+
+  def example_loss(matched, image, target, key):
+    params = matching.merge(matched, seg_rest)
+    # Each example alone: per-example statistics for BatchNorm (see above).
+    logits, _ = apply_model(method.segmenter, params, state.seg_stats,
+                            image[None], train=True, rng=key)
+    return loss_fn(logits, target[None])
+
+  rngs = jax.random.split(rng, images.shape[0])
+  g = matching.per_example_grads(example_loss, seg_matched, images, targets, rngs)
+  return _pmean(jax.tree.map(lambda x: jnp.mean(x, axis=0), g), axis_name)
+
+
+def labelled_grads(state: TrainState, batch: dict, *, method: Method,
+                   axis_name: Optional[str] = None) -> dict:
+  """The target gradient: mean per-example gradient of hard cross-entropy on
+  the labelled batch, over the matched parameters (detached).
+
+  Returns:
+    flat dict path -> gradient, shaped like the matched parameters.
+  """
+  _, local = _step_keys(state, _ANN, 4, axis_name)
+  g = _segmenter_grads(method, state, losses.hard_cross_entropy,
+                       batch["image"], batch["label"], local[0], axis_name)
+  return lax.stop_gradient(g)
+
+
+def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
+                  method: Method, axis_name: Optional[str] = None):
+  """Gradient-matching loss of the annotator at the current segmenter.
+
+  z -> G -> (images, features) -> A -> soft labels -> per-example grads of S's
+  soft cross-entropy -> mean -> distance to `g_real`.
+
+  Args:
+    ann_params: annotator parameters (the variable differentiated).
+    g_real: the target gradient from `labelled_grads`.
+  Returns:
+    (distance, (new annotator batch_stats, synthetic gradient)).
+  """
+  shared, local = _step_keys(state, _ANN, 4, axis_name)
+  z = sample_latents(shared[1], method.syn_batch, method.z_dim, axis_name)
+  images, feats = _generate(method, gen_params, z, local[2])
+  logits, ann_stats = annotate(method, ann_params, state.ann_stats, feats,
+                               images.shape[1:3], train=True)
+  x, p = _with_transform(method, images, jax.nn.softmax(logits, axis=-1))
+  g_syn = _segmenter_grads(method, state, losses.soft_cross_entropy, x, p,
+                           local[3], axis_name)
+  dist = matching.matching_distance(
+      g_syn, g_real, method.metric, method.row_reduction,
+      method.tensor_reduction, method.vectors)
+  return dist, (ann_stats, g_syn)
+
+
 def annotator_step(state: TrainState, batch: dict, gen_params, *,
                    method: Method, axis_name: Optional[str] = None):
   """One gradient-matching update of the annotator.
@@ -123,43 +182,10 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   Returns:
     (new state, metrics dict of scalars).
   """
-  shared, local = _step_keys(state, _ANN, 4, axis_name)
-  seg_matched, seg_rest = matching.split(state.seg_params, method.matched)
-  seg, seg_stats = method.segmenter, state.seg_stats
-
-  def example_loss(matched, image, target, rng, loss_fn):
-    params = matching.merge(matched, seg_rest)
-    logits, _ = apply_model(seg, params, seg_stats, image[None], train=True,
-                            rng=rng)
-    return loss_fn(logits, target[None])
-
-  def mean_grads(loss_fn, images, targets, rng):
-    rngs = jax.random.split(rng, images.shape[0])
-    g = matching.per_example_grads(
-        lambda m, x, t, r: example_loss(m, x, t, r, loss_fn),
-        seg_matched, images, targets, rngs)
-    return _pmean(jax.tree.map(lambda x: jnp.mean(x, axis=0), g), axis_name)
-
-  # Target gradient of the labelled set: detached, as in the paper.
-  g_real = lax.stop_gradient(mean_grads(
-      losses.hard_cross_entropy, batch["image"], batch["label"], local[0]))
-
-  z = sample_latents(shared[1], method.syn_batch, method.z_dim, axis_name)
-  images, feats = _generate(method, gen_params, z, local[2])
-
-  def match_loss(ann_params):
-    logits, ann_stats = annotate(method, ann_params, state.ann_stats, feats,
-                                 images.shape[1:3], train=True)
-    probs = jax.nn.softmax(logits, axis=-1)
-    x, p = _with_transform(method, images, probs)
-    g_syn = mean_grads(losses.soft_cross_entropy, x, p, local[3])
-    dist = matching.matching_distance(
-        g_syn, g_real, method.metric, method.row_reduction,
-        method.tensor_reduction, method.vectors)
-    return dist, (ann_stats, g_syn)
-
+  g_real = labelled_grads(state, batch, method=method, axis_name=axis_name)
   (dist, (ann_stats, g_syn)), grads = jax.value_and_grad(
-      match_loss, has_aux=True)(state.ann_params)
+      matching_loss, has_aux=True)(state.ann_params, state, g_real, gen_params,
+                                   method=method, axis_name=axis_name)
   grads = _pmean(grads, axis_name)
   grads, nonfinite = matching.sanitize(grads)
   updates, opt_state = method.ann_tx.update(grads, state.ann_opt_state,
