@@ -1,0 +1,36 @@
+r"""Phase two: generate a labelled set with G + the trained annotator, train a fresh segmenter.
+
+  .venv/bin/python launch/downstream.py --config=configs/tiny.py --workdir=/tmp/gmseg_tiny
+  .venv/bin/python launch/downstream.py --config=configs/faces.py --workdir=runs/faces \
+      --annotator_step=latest
+
+`--workdir` is the annotation run's directory (its `checkpoints/` hold the
+annotator); everything of this phase goes to `<workdir>/downstream/`
+(dataset/, checkpoints/, metrics.jsonl, grids/). A rerun reuses the generated
+set and resumes training from the latest epoch.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gmseg import downstream
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The annotation run's directory.")
+_ANNOTATOR_STEP = flags.DEFINE_string("annotator_step", "best",
+                                      "Annotator checkpoint: best, latest or a step number.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+  step = _ANNOTATOR_STEP.value
+  result = downstream.run(_CONFIG.value, _WORKDIR.value,
+                          annotator_step=int(step) if step.isdigit() else step)
+  logging.info("Downstream done: %s", result)
+  print({k: v for k, v in result.items()})
+
+
+if __name__ == "__main__":
+  app.run(main)
