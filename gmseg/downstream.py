@@ -42,6 +42,7 @@ from typing import Union
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from gmseg import build
@@ -321,6 +322,22 @@ def init_state(config, image_shape, tx) -> state_lib.TrainState:
                               seg_stats=stats, seg_opt_state=tx.init(params))
 
 
+@functools.lru_cache(maxsize=4)
+def _compiled(seg_json: str, n_classes: int, optim: str, lr: float, momentum: float):
+  """(tx, jitted train step, jitted predict) for one segmenter/optimiser setup.
+
+  Cached on the setup's value, so repeated `train` calls in one process
+  (resume, notebooks, tests) reuse the compiled functions.
+  """
+  module = build.segmenter(ml_collections.ConfigDict(json.loads(seg_json)), n_classes)
+  tx = state_lib.make_optimizer(optim, lr, momentum=momentum)
+  # supervised_step reads only the segmenter and its optimiser from the Method.
+  method = state_lib.Method(gen_fn=None, z_dim=0, annotator=None, segmenter=module,
+                            ann_tx=None, seg_tx=tx, matched=())
+  step_fn = jax.jit(functools.partial(steps.supervised_step, method=method), donate_argnums=0)
+  return tx, step_fn, restore.predict_fn(module)
+
+
 def _eval_sets(config) -> dict:
   d = config.data
   sets = {"val": build.split_arrays(config, d.val_split, limit=d.num_val)}
@@ -344,15 +361,11 @@ def train(config, workdir) -> dict:
     raise ValueError(f"The synthetic set has {n} images, fewer than downstream.batch={batch}: "
                      "generate more (downstream.num_images) or filter less.")
   steps_per_epoch = n // batch
-  tx = state_lib.make_optimizer(d.optim.name, d.optim.lr, momentum=d.optim.momentum)
-  image_shape = source[0]["image"].shape
-  state = init_state(config, image_shape, tx)
-  module = restore.segmenter_module(config, "downstream")
-  # supervised_step reads only the segmenter and its optimiser from the Method.
-  method = state_lib.Method(gen_fn=None, z_dim=0, annotator=None, segmenter=module,
-                            ann_tx=None, seg_tx=tx, matched=())
-  step_fn = jax.jit(functools.partial(steps.supervised_step, method=method), donate_argnums=0)
-  predict = restore.predict_fn(module)
+  tx, step_fn, predict = _compiled(
+      json.dumps(metric_writers.to_jsonable(restore.segmenter_config(config, "downstream")),
+                 sort_keys=True),
+      build.num_classes(config), d.optim.name, float(d.optim.lr), float(d.optim.momentum))
+  state = init_state(config, source[0]["image"].shape, tx)
 
   ckpt = checkpoint.Checkpointer(out / "checkpoints", keep=KEEP_SNAPSHOTS, best_key="fg_miou")
   state, meta = ckpt.maybe_restore(state)

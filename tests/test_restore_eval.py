@@ -71,12 +71,14 @@ def run(tmp_path_factory):
   ckpt.wait()
   ckpt.close()
   test = build.split_arrays(config, "test", limit=N_TEST)
-  return dict(config=config, workdir=workdir, method=method, params=params, test=test)
+  # One jitted apply with params as an argument: one compile for every snapshot.
+  apply = jax.jit(lambda p, x: steps.predict(method, p, {}, x))
+  return dict(config=config, workdir=workdir, method=method, params=params, test=test,
+              apply=apply)
 
 
 def _direct_predict(run, step):
-  m = run["method"]
-  return jax.jit(lambda x: steps.predict(m, run["params"][step], {}, x))
+  return lambda x: run["apply"](run["params"][step], x)
 
 
 def test_load_config_round_trips(run):
