@@ -1,0 +1,283 @@
+"""Phase one: learn the annotator by gradient matching, alongside a segmenter.
+
+`train_and_evaluate(config, workdir)` runs the paper's loop. At iteration i:
+  - if i % train.ann_every == 0: an annotator step on the labelled batch
+    `sampler.batch(i)` (gradient matching against the segmenter);
+  - if i % train.seg_every == 0: a segmenter step on freshly generated,
+    annotated samples.
+
+Step counting: `state.step` is the number of finished iterations, and
+iteration i runs with `state.step == i`, so the steps' randomness
+(`fold_in(rng, step)`) and the labelled batch (`Sampler.batch(i)`) are
+functions of i alone. `segmenter_step` increments `state.step`; on iterations
+without a segmenter step (seg_every > 1) the loop increments it instead.
+Everything logged or saved "at step s" is the state after s iterations.
+
+Resume: checkpoints go to `workdir/checkpoints` (items `state`: the
+unreplicated TrainState; `meta`: config, step, best validation). Rerunning the
+same command continues from the latest one; because the state, the per-step
+keys and the sampler are all that the loop depends on, a run killed at any
+moment and restarted ends with the parameters of an uninterrupted run
+(bitwise, on the same machine and device count).
+
+Evaluation: every train.eval_every steps (and at the end) the segmenter is
+scored on `data.val_split` (pACC, mIoU, FG-mIoU, per-class IoU, gmseg.evaluate);
+each evaluated step is checkpointed with its FG-mIoU, and the best one is
+kept by the Checkpointer whatever `train.keep` says.
+
+Outputs in `workdir`: metrics.jsonl and TensorBoard events (prefixes 'train'
+and 'val'), config.json, grids/<step>_labelled.png (labelled images: image,
+label, overlay rows) and grids/<step>_generated.png (generated images: image,
+annotator label, overlay, and the label with pixels of max probability < 0.9
+in magenta), written at the start and every train.grid_every steps.
+
+Devices and hosts: the steps are pmapped over the local devices (one device
+runs the same code); batches in the config are global and split over all
+devices of all processes. With several processes each reads its own slice of
+the labelled batch (Sampler(process_index, process_count)); only process 0
+writes metrics, grids, config.json and logs, while every process takes part
+in (collective) checkpoint saves.
+"""
+import pathlib
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+from gmseg import build
+from gmseg import checkpoint
+from gmseg import evaluate
+from gmseg import metric_writers
+from gmseg import parallel
+from gmseg import progress as progress_lib
+from gmseg import state as state_lib
+from gmseg import steps
+from gmseg import viz
+from gmseg.data import pipeline
+
+BEST_KEY = "fg_miou"
+GRID_SAMPLES = 8
+_GRID_TAG = 0x67726964  # folded into the seed for the fixed grid latents
+
+
+def labelled_arrays(config) -> dict[str, np.ndarray]:
+  """The labelled set: the first `data.num_labelled` ids of the labelled split.
+
+  Returns:
+    {'image': float32 `[N, R, R, 3]` in [-1, 1], 'label': int32 `[N, R, R]`}.
+  """
+  d = config.data
+  arrays = build.split_arrays(config, d.labelled_split, limit=d.num_labelled)
+  if d.num_labelled and len(arrays["image"]) < d.num_labelled:
+    raise ValueError(f"data.num_labelled={d.num_labelled} but {d.dataset!r} split "
+                     f"{d.labelled_split!r} has {len(arrays['image'])} examples; "
+                     "lower data.num_labelled.")
+  return {"image": arrays["image"], "label": arrays["label"].astype(np.int32)}
+
+
+def val_arrays(config) -> dict[str, np.ndarray]:
+  d = config.data
+  arrays = build.split_arrays(config, d.val_split, limit=d.num_val)
+  return {"image": arrays["image"], "label": arrays["label"]}
+
+
+def make_predict_fn(method: state_lib.Method):
+  """jitted `(seg_params, seg_stats, images [B, H, W, 3]) -> logits [B, H, W, C]`."""
+  return jax.jit(lambda p, s, x: steps.predict(method, p, s, x))
+
+
+def evaluate_state(predict_fn, state: state_lib.TrainState, val: dict,
+                   num_classes: int, batch_size: int) -> dict:
+  """Scores the (unreplicated) state's segmenter on `val`; see gmseg.evaluate."""
+  return evaluate.evaluate_segmenter(
+      lambda x: predict_fn(state.seg_params, state.seg_stats, x),
+      val["image"], val["label"], num_classes, batch_size=batch_size)
+
+
+def write_grids(workdir: pathlib.Path, step: int, batch: dict, images, probs,
+                writer: metric_writers.MetricWriter) -> None:
+  """Saves the labelled and the generated/annotated grids of `step`."""
+  grids = {
+      "labelled": viz.label_grid(batch["image"], batch["label"]),
+      "generated": viz.label_grid(images, np.argmax(probs, axis=-1), probs=probs,
+                                  conf_threshold=0.9),
+  }
+  for name, grid in grids.items():
+    viz.save_png(workdir / "grids" / f"{step:07d}_{name}.png", grid)
+    writer.write_images(step, f"grids/{name}", grid)
+
+
+def _host_metrics(metrics: dict) -> dict:
+  """Device metrics `[devices]` (already pmeaned) -> host floats of device 0."""
+  return {k: np.asarray(v)[0] for k, v in jax.device_get(metrics).items()}
+
+
+def _val_record(result: dict, class_names) -> dict:
+  record = {k: result[k] for k in ("pacc", "miou", "fg_miou")}
+  record.update({f"iou/{name}": float(v) for name, v in zip(class_names, result["iou"])})
+  return record
+
+
+def _summary(result: dict, step: int) -> dict:
+  return {"step": int(step), "pacc": float(result["pacc"]), "miou": float(result["miou"]),
+          "fg_miou": float(result["fg_miou"]),
+          "iou": [float(v) for v in np.asarray(result["iou"])]}
+
+
+def _better(value: float, best: Optional[dict]) -> bool:
+  if np.isnan(value):
+    return False
+  return best is None or value > best[BEST_KEY]
+
+
+def train_and_evaluate(config, workdir) -> dict[str, Any]:
+  """Trains annotator and segmenter; evaluates, checkpoints, resumes.
+
+  Args:
+    config: a ConfigDict with the keys of gmseg.config_base.
+    workdir: run directory (created; an existing checkpoint is resumed).
+  Returns:
+    {'step': final step, 'final': validation scores at the end,
+     'best': the best validation scores (with their 'step'), 'table': text}.
+    Scores hold pacc, miou, fg_miou (floats) and iou (per-class list).
+  """
+  workdir = pathlib.Path(workdir)
+  tc = config.train
+  is_main = jax.process_index() == 0
+  num_classes = build.num_classes(config)
+  for key in ("steps", "ann_every", "seg_every", "log_every", "eval_every",
+              "ckpt_every", "grid_every"):
+    if tc[key] < 1:
+      raise ValueError(f"train.{key}={tc[key]} must be >= 1.")
+
+  gen = build.generator(config)
+  # Per-device batches: the global batch over every device of every process.
+  method = build.method(config, gen, devices=jax.device_count())
+  labelled = labelled_arrays(config)
+  val = val_arrays(config)
+  sampler = pipeline.Sampler(labelled, config.batch.labelled, config.seed,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count())
+  if sampler.per_host % jax.local_device_count():
+    raise ValueError(f"batch.labelled={config.batch.labelled} gives {sampler.per_host} "
+                     f"per host, which does not divide over {jax.local_device_count()} "
+                     "local devices; use a multiple of the total device count.")
+
+  # jitted: one compiled (and cacheable) program instead of many eager ops.
+  state = jax.jit(lambda p: state_lib.init_state(method, p, config.seed))(gen.params)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=tc.keep, best_key=BEST_KEY)
+  state, meta = ckpt.maybe_restore(state)
+  best = (meta or {}).get("best")
+  start = int(state.step)
+  if is_main:
+    metric_writers.write_config(workdir, config)
+    logging.info("%s at step %d of %d in %s.", "Resuming" if meta else "Starting",
+                 start, tc.steps, workdir)
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+  progress = progress_lib.Progress(tc.steps, start_step=start, log=is_main)
+
+  p_ann, p_seg, _ = parallel.pmap_steps(method)
+  predict_fn = make_predict_fn(method)
+  samples_fn = jax.jit(lambda st, gp, z, r: steps.annotate_samples(method, st, gp, z, r))
+  grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _GRID_TAG)
+  grid_z = jax.random.normal(grid_key, (GRID_SAMPLES, method.z_dim))
+  r_gen = parallel.replicate(gen.params)
+  r_state = parallel.replicate(state)
+  del state  # the replicated copy is donated step by step
+
+  def grids(step):
+    if not is_main:
+      return
+    single = parallel.unreplicate(r_state)
+    images, probs = jax.device_get(samples_fn(single, gen.params, grid_z, grid_key))
+    write_grids(workdir, step, sampler.batch(step), images, probs, writer)
+
+  pending = []  # (step, device metrics) not yet checked and written
+
+  def flush():
+    # Host sync: check every pending step (naming the first bad one), then
+    # write their mean under the latest step.
+    if not pending:
+      return
+    host = [(s, _host_metrics(m)) for s, m in pending]
+    for s, m in host:
+      progress_lib.check_finite(m, s)
+    keys = sorted({k for _, m in host for k in m})
+    means = {k: float(np.mean([m[k] for _, m in host if k in m])) for k in keys}
+    writer.write_scalars(host[-1][0], means, prefix="train")
+    pending.clear()
+
+  final = None
+  step = start
+  try:
+    if step < tc.steps:
+      grids(step)
+    while step < tc.steps:
+      metrics = {}
+      if step % tc.ann_every == 0:
+        batch = parallel.shard_batch(sampler.batch(step))
+        r_state, m = p_ann(r_state, batch, r_gen)
+        metrics.update(m)
+      if step % tc.seg_every == 0:
+        r_state, m = p_seg(r_state, r_gen)
+        metrics.update(m)
+      else:
+        r_state = r_state.replace(step=r_state.step + 1)
+      step += 1
+      pending.append((step, metrics))
+      progress.update(step)
+
+      is_last = step == tc.steps
+      eval_due = step % tc.eval_every == 0 or is_last
+      ckpt_due = step % tc.ckpt_every == 0 or eval_due
+      if step % tc.log_every == 0 or ckpt_due:
+        flush()
+      if not (eval_due or ckpt_due or step % tc.grid_every == 0):
+        continue
+      with progress.paused():
+        single = parallel.unreplicate(r_state)
+        ckpt_metrics = None
+        if eval_due:
+          result = evaluate_state(predict_fn, single, val, num_classes, tc.eval_batch)
+          final = _summary(result, step)
+          if _better(result[BEST_KEY], best):
+            best = final
+          record = _val_record(result, config.class_names)
+          record["best_fg_miou"] = best[BEST_KEY] if best else float("nan")
+          writer.write_scalars(step, record, prefix="val")
+          ckpt_metrics = {BEST_KEY: result[BEST_KEY]}
+          if is_main:
+            logging.info("step %d: val pACC %.4f mIoU %.4f FG-mIoU %.4f (best %.4f)",
+                         step, result["pacc"], result["miou"], result["fg_miou"],
+                         record["best_fg_miou"])
+        if ckpt_due:
+          # Host copies: every process holds the full state, and orbax writes
+          # host arrays from the primary process.
+          ckpt.save(step, jax.device_get(single),
+                    meta={"config": config.to_dict(), "step": step, "best": best},
+                    metrics=ckpt_metrics)
+        if step % tc.grid_every == 0:
+          grids(step)
+    flush()
+    if final is None:  # nothing ran: the run had already finished
+      single = parallel.unreplicate(r_state)
+      final = _summary(evaluate_state(predict_fn, single, val, num_classes,
+                                       tc.eval_batch), step)
+      if best is None:
+        best = final
+  finally:
+    writer.close()
+    ckpt.wait()
+    ckpt.close()
+
+  table = _table(final, best, config.class_names)
+  return {"step": step, "final": final, "best": best, "table": table}
+
+
+def _table(final: dict, best: Optional[dict], class_names) -> str:
+  out = [f"final (step {final['step']}):", evaluate.format_table(final, class_names)]
+  if best is not None:
+    out += [f"best by validation FG-mIoU (step {best['step']}):",
+            evaluate.format_table(best, class_names)]
+  return "\n".join(out)

@@ -1,0 +1,44 @@
+r"""Phase one: trains the annotator (and a segmenter) by gradient matching.
+
+  .venv/bin/python launch/annotate.py --config=configs/tiny.py --workdir=/tmp/gmseg_tiny
+  .venv/bin/python launch/annotate.py --config=configs/tiny.py:steps=100 \
+      --config.train.eval_every=20 --workdir=/tmp/gmseg_tiny100
+
+Rerunning the same command resumes from the workdir's latest checkpoint.
+Several processes (one per host): add --multihost; on a managed cluster
+(SLURM, Open MPI, TPU pods) the rest is detected, elsewhere also pass
+--coordinator_address=host:port --num_processes=N --process_id=i.
+"""
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from gmseg import annotate
+from gmseg import parallel
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                         lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumed when it has a checkpoint).")
+MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                  "host:port of process 0 (with --multihost, off-cluster).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Process count (with --multihost).")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --multihost).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+  parallel.init_distributed(MULTIHOST.value, COORDINATOR.value, NUM_PROCESSES.value,
+                            PROCESS_ID.value)
+  logging.info("Process %d of %d, %d local of %d devices (%s).", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  result = annotate.train_and_evaluate(CONFIG.value, WORKDIR.value)
+  if jax.process_index() == 0:
+    print(result["table"], flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

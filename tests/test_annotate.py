@@ -1,0 +1,220 @@
+"""gmseg.annotate end to end on configs/tiny.py: outputs, kill-and-resume, NaN guard.
+
+Every run is a subprocess of launch/annotate.py (or of a short script) on CPU,
+sharing one persistent JAX compilation cache, so only the first run pays for
+compiling the steps.
+
+Multi-host: two processes on this machine joined by
+`jax.distributed.initialize(coordinator_address='localhost:PORT', ...)` over
+JAX's CPU backend (gloo collectives) run the same tiny config; both finish,
+only process 0 writes metrics/grids/config, and the final parameters match a
+single-process run to float32 noise. Compiling in two processes at once costs
+minutes on a 2-core machine, so that test runs only with
+GMSEG_MULTIHOST_TEST=1.
+"""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from gmseg import checkpoint, metric_writers
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch" / "annotate.py"
+STEPS = 20  # configs/tiny.py: log every 5, checkpoints every 5, eval/grids every 10
+CLASSES = ("background", "hair", "skin", "eyes", "nose", "mouth")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  root = tmp_path_factory.mktemp("annotate")
+  e = dict(os.environ, JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(root / "tfds"),
+           JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  e.pop("XLA_FLAGS", None)  # one CPU device per process
+  return root, e
+
+
+def _command(workdir, *extra):
+  return [sys.executable, str(LAUNCH), "--config=configs/tiny.py",
+          f"--workdir={workdir}", *extra]
+
+
+def _run(cmd, env, timeout=400):
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  return proc
+
+
+def _final_state(workdir, step=STEPS):
+  tree = checkpoint.restore_subtree(pathlib.Path(workdir) / "checkpoints", (), step=step)
+  import jax
+  return jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+
+
+@pytest.fixture(scope="module")
+def full_run(env):
+  root, e = env
+  workdir = root / "uninterrupted"
+  return workdir, _run(_command(workdir), e)
+
+
+def test_outputs(full_run):
+  workdir, proc = full_run
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=2, best_key="fg_miou")
+  assert ckpt.latest_step() == STEPS
+  meta = ckpt.restore_meta()
+  assert meta["step"] == STEPS and meta["config"]["train"]["steps"] == STEPS
+  assert meta["best"]["step"] in (10, 20)
+  # The best-by-validation step is preserved beside the latest two.
+  assert meta["best"]["step"] in ckpt.all_steps()
+  assert ckpt.best_step() == meta["best"]["step"]
+  ckpt.close()
+
+  train = metric_writers.read_jsonl(workdir, prefix="train")
+  assert [r["step"] for r in train] == [5, 10, 15, 20]
+  for r in train:
+    values = [v for k, v in r.items() if k not in ("step", "time", "prefix")]
+    assert {"ann/match_loss", "seg/loss", "ann/grad_norm"} <= r.keys()
+    assert all(np.isfinite(values)), r
+    assert r["ann/nonfinite"] == 0 and r["seg/nonfinite"] == 0
+    assert 0.0 < r["ann/match_loss"] <= 2.0  # a cosine distance
+  val = metric_writers.read_jsonl(workdir, prefix="val")
+  assert [r["step"] for r in val] == [10, 20]
+  for r in val:
+    assert 0.0 < r["pacc"] <= 1.0 and 0.0 <= r["fg_miou"] <= r["best_fg_miou"] <= 1.0
+    ious = [r[f"iou/{c}"] for c in CLASSES]
+    assert np.isclose(np.mean(ious), r["miou"]) and np.isclose(np.mean(ious[1:]), r["fg_miou"])
+  assert max(r["fg_miou"] for r in val) == meta["best"]["fg_miou"]
+
+  events = list(workdir.glob("events.out.tfevents.*"))
+  assert len(events) == 1 and events[0].stat().st_size > 0
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["data"]["dataset"] == "rendered_faces" and config["batch"]["labelled"] == 4
+
+  # Grids at the start and every 10 steps. labelled: 4 examples x 3 rows of
+  # 32 px; generated: 8 samples x 4 rows (image, label, overlay, low confidence).
+  for step in (0, 10, 20):
+    labelled = np.asarray(Image.open(workdir / "grids" / f"{step:07d}_labelled.png"))
+    generated = np.asarray(Image.open(workdir / "grids" / f"{step:07d}_generated.png"))
+    assert labelled.shape == (3 * 34 + 2, 4 * 34 + 2, 3)
+    assert generated.shape == (4 * 34 + 2, 8 * 34 + 2, 3)
+    assert labelled.std() > 10 and generated.std() > 10
+
+  assert "FG-mIoU" in proc.stdout and f"final (step {STEPS})" in proc.stdout
+  assert f"step {STEPS}/{STEPS}" in proc.stderr and "it/s" in proc.stderr
+  assert "ETA" in proc.stderr
+
+
+def test_kill_and_resume_is_bitwise(full_run, env):
+  root, e = env
+  workdir = root / "killed"
+  first_ckpt = workdir / "checkpoints" / "5"
+  with open(root / "killed.log", "w") as log:
+    proc = subprocess.Popen(_command(workdir), cwd=REPO, env=e, stdout=log, stderr=log)
+    deadline = time.monotonic() + 400
+    while not first_ckpt.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL, (root / "killed.log").read_text()[-3000:]
+  assert first_ckpt.is_dir()
+  assert not (workdir / "checkpoints" / str(STEPS)).exists(), "killed too late"
+
+  again = _run(_command(workdir), e)
+  assert "Resuming at step" in again.stderr
+
+  expected = _final_state(full_run[0])
+  resumed = _final_state(workdir)
+  assert [p for p, _ in resumed] == [p for p, _ in expected]
+  assert len(expected) > 50
+  for (path, a), (_, b) in zip(resumed, expected):
+    assert a.dtype == b.dtype and a.shape == b.shape, path
+    assert np.array_equal(a, b), path  # bitwise (no tolerance)
+  assert int(dict(resumed)[next(p for p, _ in resumed if "step" in str(p))]) == STEPS
+
+
+_NAN_SCRIPT = """
+import importlib.util, sys
+import numpy as np
+from gmseg import annotate
+from gmseg.data import pipeline
+
+spec = importlib.util.spec_from_file_location("tiny", "configs/tiny.py")
+tiny = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tiny)
+config = tiny.get_config("num_labelled=16")
+load = annotate.labelled_arrays
+
+def poisoned(config):
+  # One NaN pixel in an example first drawn at iteration 2 (16 examples,
+  # batches of 4: iterations 0-3 are one epoch), i.e. in step 3's metrics.
+  arrays = load(config)
+  sampler = pipeline.Sampler(arrays, config.batch.labelled, config.seed)
+  j = int(sampler.indices(2)[0])
+  arrays["image"][j, 5, 5, 0] = np.nan
+  return arrays
+
+annotate.labelled_arrays = poisoned
+annotate.train_and_evaluate(config, sys.argv[1])
+"""
+
+
+def test_nan_guard_names_the_step(full_run, env):
+  root, e = env
+  workdir = root / "nan"
+  proc = subprocess.run([sys.executable, "-c", _NAN_SCRIPT, str(workdir)], cwd=REPO,
+                        env=e, capture_output=True, text=True, timeout=400)
+  assert proc.returncode != 0
+  assert "FloatingPointError: Non-finite metrics at step 3: " in proc.stderr, proc.stderr[-3000:]
+  assert "ann/match_loss=nan" in proc.stderr
+  # Checked before anything is written or saved at step 5.
+  assert metric_writers.read_jsonl(workdir, prefix="train") == []
+  assert not (workdir / "checkpoints" / "5").exists()
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.skipif(os.environ.get("GMSEG_MULTIHOST_TEST") != "1",
+                    reason="2-process CPU run compiles in both processes (minutes on "
+                           "2 cores); set GMSEG_MULTIHOST_TEST=1 to run it.")
+def test_two_processes(full_run, env):
+  root, e = env
+  workdir = root / "multihost"
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _command(workdir, "--multihost", f"--coordinator_address=localhost:{port}",
+               "--num_processes=2", f"--process_id={i}"),
+      cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  assert "Process 1 of 2" in outs[1][1]
+  # Only process 0 printed the table and wrote metrics (one line per log step).
+  assert "FG-mIoU" in outs[0][0] and "FG-mIoU" not in outs[1][0]
+  train = metric_writers.read_jsonl(workdir, prefix="train")
+  assert [r["step"] for r in train] == [5, 10, 15, 20]
+  assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
+  assert len(list((workdir / "grids").glob("*.png"))) == 6
+  # 2 processes x 1 device run the global batch of 1 process x 1 device.
+  for (path, a), (_, b) in zip(_final_state(workdir), _final_state(full_run[0])):
+    scale = max(float(np.max(np.abs(b))), 1e-6) if b.size else 1.0
+    if a.dtype.kind == "f":
+      assert np.max(np.abs(a - b)) / scale < 1e-4, path
+    else:
+      assert np.array_equal(a, b), path
