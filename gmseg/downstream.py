@@ -111,7 +111,8 @@ def sample_batch(gen_params, members, key, batch_index, *, method: state_lib.Met
   for ann_params, ann_stats in members:
     logits, _ = steps.annotate(method, ann_params, ann_stats, feats, images.shape[1:3],
                                train=False)
-    x, probs = steps._with_transform(method, images, jax.nn.softmax(logits, axis=-1))  # pylint: disable=protected-access
+    probs = jax.nn.softmax(logits, axis=-1)
+    x, probs = (images, probs) if method.transform is None else method.transform(images, probs)
     member_probs.append(probs)
   probs = member_probs[0]
   conf = jnp.max(probs, axis=-1)
@@ -142,7 +143,7 @@ def _ensemble_steps(ckpt_dir, main_step: int, size: int) -> list[int]:
 
 def _restore_annotator(ckpt_dir, step: int):
   params = checkpoint.restore_subtree(ckpt_dir, ("ann_params",), step=step)
-  stats = restore._restore_optional(ckpt_dir, ("ann_stats",), step, None)  # pylint: disable=protected-access
+  stats = restore.restore_stats(ckpt_dir, ("ann_stats",), step)
   return params, stats
 
 

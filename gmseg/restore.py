@@ -34,9 +34,15 @@ WHICH = ("annotate", "downstream")
 Step = Union[str, int]
 
 
-def load_config(workdir) -> ml_collections.ConfigDict:
-  """The run's config from `<workdir>/config.json` (lists come back as lists)."""
+def load_config(workdir, which: str = "annotate") -> ml_collections.ConfigDict:
+  """The run's config from `<workdir>/config.json` (lists come back as lists).
+
+  With which='downstream', `<workdir>/downstream/config.json` (the config the
+  downstream segmenter was trained with) when it exists.
+  """
   path = pathlib.Path(workdir) / "config.json"
+  if which == "downstream" and (pathlib.Path(workdir) / "downstream" / "config.json").is_file():
+    path = pathlib.Path(workdir) / "downstream" / "config.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path} is missing: {workdir} is not a gmseg run directory "
                             "(the training programs write config.json there first).")
@@ -133,20 +139,23 @@ def restore_segmenter(workdir, which: str = "annotate", step: Step = "best",
     which: 'annotate' (the segmenter trained alongside the annotator) or
       'downstream' (the fresh segmenter of phase two).
     step: 'best' (validation FG-mIoU), 'latest' or a saved step.
-    config: defaults to `load_config(workdir)`.
+    config: defaults to `load_config(workdir, which)`.
   Returns:
     (module, params, batch_stats or {}).
   """
-  config = load_config(workdir) if config is None else config
+  config = load_config(workdir, which) if config is None else config
   directory = checkpoint_dir(workdir, which)
   step = resolve_step(directory, step)
   params = checkpoint.restore_subtree(directory, ("seg_params",), step=step, device=device)
-  stats = _restore_optional(directory, ("seg_stats",), step, device)
+  stats = restore_stats(directory, ("seg_stats",), step, device)
   return segmenter_module(config, which), params, stats
 
 
-def _restore_optional(directory, path, step, device):
-  """A subtree that may be empty ({} for GroupNorm models, saved as nothing)."""
+def restore_stats(directory, path=("seg_stats",), step=None, device=None):
+  """Like `checkpoint.restore_subtree`, for a subtree that may be empty.
+
+  Batch statistics of GroupNorm models are `{}`, which orbax saves as nothing.
+  """
   try:
     return checkpoint.restore_subtree(directory, path, step=step, device=device)
   except (KeyError, ValueError, TypeError):
@@ -171,7 +180,7 @@ def evaluate_checkpoint(workdir, split: str = "test", which: str = "annotate",
     JSON-serialisable dict: pacc, miou, fg_miou, iou [C], confusion [C, C],
     class_names, which, step, split, num_images.
   """
-  config = load_config(workdir) if config is None else config
+  config = load_config(workdir, which) if config is None else config
   directory = checkpoint_dir(workdir, which)
   step = resolve_step(directory, step)
   module, params, stats = restore_segmenter(workdir, which, step, config)
@@ -197,7 +206,7 @@ def cross_validate(workdir, split: str = "test", which: str = "downstream", last
     JSON-serialisable dict: mean, std, per_fold, steps (chosen per fold),
     snapshots (the steps used), key, which, split, num_images.
   """
-  config = load_config(workdir) if config is None else config
+  config = load_config(workdir, which) if config is None else config
   directory = checkpoint_dir(workdir, which)
   ckpt = checkpoint.Checkpointer(directory, async_save=False)
   saved = ckpt.all_steps()
@@ -215,7 +224,7 @@ def cross_validate(workdir, split: str = "test", which: str = "downstream", last
   confusions = {}
   for step in snapshots:
     params = checkpoint.restore_subtree(directory, ("seg_params",), step=step)
-    stats = _restore_optional(directory, ("seg_stats",), step, None)
+    stats = restore_stats(directory, ("seg_stats",), step, None)
     confusions[step] = evaluate.per_image_confusions(
         lambda x, p=params, s=stats: fn(p, s, x), images, labels, n_classes,
         batch_size=batch_size or config.train.eval_batch)
