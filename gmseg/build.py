@@ -97,12 +97,25 @@ def data_dir(config) -> str:
   return os.path.expanduser(d)
 
 
-def split_arrays(config, split: str, limit: int = 0) -> dict[str, np.ndarray]:
-  """A split of the configured dataset as arrays: `image` float32
+def split_arrays(config, split: str, limit: int = 0,
+                 dataset: Optional[str] = None) -> dict[str, np.ndarray]:
+  """A split of the configured (or given) dataset as arrays: `image` float32
   `[N, R, R, 3]` in [-1, 1], `label` uint8 `[N, R, R]`."""
   from gmseg.data import pipeline  # lazy: pulls tfds
   d = config.data
-  return pipeline.load_split(d.dataset, split, resolution=d.resolution,
+  return pipeline.load_split(dataset or d.dataset, split, resolution=d.resolution,
                              data_dir=data_dir(config),
                              manual_dir=d.manual_dir or None,
                              limit=limit or None, transform=d.transform)
+
+
+def eval_dataset(config) -> str:
+  """The dataset that validation and test splits come from: `data.eval_dataset`,
+  or the labelled set's dataset when that is empty (e.g. rendered labelled
+  faces are evaluated on real FASSEG faces)."""
+  return config.data.eval_dataset or config.data.dataset
+
+
+def eval_arrays(config, split: str, limit: int = 0) -> dict[str, np.ndarray]:
+  """A validation/test split as arrays (see `split_arrays`, `eval_dataset`)."""
+  return split_arrays(config, split, limit, dataset=eval_dataset(config))

@@ -30,6 +30,7 @@ def get_base() -> ml_collections.ConfigDict:
       "val_split": "test",     # periodic evaluation (best-snapshot selection)
       "num_val": 0,
       "test_split": "test",
+      "eval_dataset": "",      # val/test come from here ('' = dataset)
       "resolution": 64,        # side of labelled images and segmenter input
       "transform": "square_crop",  # pipeline.load_split transform
       "data_dir": "",

@@ -341,9 +341,9 @@ def _compiled(seg_json: str, n_classes: int, optim: str, lr: float, momentum: fl
 
 def _eval_sets(config) -> dict:
   d = config.data
-  sets = {"val": build.split_arrays(config, d.val_split, limit=d.num_val)}
+  sets = {"val": build.eval_arrays(config, d.val_split, limit=d.num_val)}
   if d.test_split != d.val_split:
-    sets["test"] = build.split_arrays(config, d.test_split)
+    sets["test"] = build.eval_arrays(config, d.test_split)
   return sets
 
 

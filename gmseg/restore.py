@@ -163,7 +163,7 @@ def restore_stats(directory, path=("seg_stats",), step=None, device=None):
 
 
 def _labelled(config, split: str, limit: int):
-  data = build.split_arrays(config, split, limit=limit)
+  data = build.eval_arrays(config, split, limit=limit)
   return data["image"], data["label"]
 
 
