@@ -108,9 +108,23 @@ def write_grids(workdir: pathlib.Path, step: int, batch: dict, images, probs,
     writer.write_images(step, f"grids/{name}", grid)
 
 
-def _host_metrics(metrics: dict) -> dict:
-  """Device metrics `[devices]` (already pmeaned) -> host floats of device 0."""
-  return {k: np.asarray(v)[0] for k, v in jax.device_get(metrics).items()}
+def summarize_metrics(history: list[tuple[int, dict]]) -> dict[str, float]:
+  """NaN/Inf guard and mean of the metrics of several steps.
+
+  Args:
+    history: (step, metrics) in step order; metric values are `[devices]`
+      arrays (pmeaned, so device 0 stands for all) as the pmapped steps return.
+  Returns:
+    {name: mean over the steps that have it}.
+  Raises:
+    FloatingPointError naming the first step with a NaN/Inf metric.
+  """
+  host = [(s, {k: np.asarray(v)[0] for k, v in jax.device_get(m).items()})
+          for s, m in history]
+  for s, m in host:
+    progress_lib.check_finite(m, s)
+  keys = sorted({k for _, m in host for k in m})
+  return {k: float(np.mean([m[k] for _, m in host if k in m])) for k in keys}
 
 
 def _val_record(result: dict, class_names) -> dict:
@@ -196,17 +210,11 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   pending = []  # (step, device metrics) not yet checked and written
 
   def flush():
-    # Host sync: check every pending step (naming the first bad one), then
-    # write their mean under the latest step.
-    if not pending:
-      return
-    host = [(s, _host_metrics(m)) for s, m in pending]
-    for s, m in host:
-      progress_lib.check_finite(m, s)
-    keys = sorted({k for _, m in host for k in m})
-    means = {k: float(np.mean([m[k] for _, m in host if k in m])) for k in keys}
-    writer.write_scalars(host[-1][0], means, prefix="train")
-    pending.clear()
+    # A host sync: done at log, eval and checkpoint steps only, so a
+    # non-finite state is never saved; the mean is written at the latest step.
+    if pending:
+      writer.write_scalars(pending[-1][0], summarize_metrics(pending), prefix="train")
+      pending.clear()
 
   final = None
   step = start
