@@ -188,6 +188,10 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
     metric_writers.write_config(workdir, config)
     logging.info("%s at step %d of %d in %s.", "Resuming" if meta else "Starting",
                  start, tc.steps, workdir)
+    changed = _config_changes((meta or {}).get("config"), config)
+    if changed:
+      logging.warning("Resuming with a config that differs from the checkpoint's "
+                      "(saved -> now): %s", "; ".join(changed))
   writer = metric_writers.MetricWriter(workdir, enabled=is_main)
   progress = progress_lib.Progress(tc.steps, start_step=start, log=is_main)
 
@@ -281,6 +285,24 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
 
   table = _table(final, best, config.class_names)
   return {"step": step, "final": final, "best": best, "table": table}
+
+
+def _config_changes(saved: Optional[dict], config) -> list[str]:
+  """`key: saved -> now` for every leaf that differs (none when saved is None)."""
+  if saved is None:
+    return []
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = v
+    return out
+  a = flat(saved)
+  b = flat(metric_writers.to_jsonable(config.to_dict()))
+  return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k)]
 
 
 def _table(final: dict, best: Optional[dict], class_names) -> str:

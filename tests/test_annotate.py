@@ -253,3 +253,18 @@ def test_two_processes(full_run, env):
       assert np.max(np.abs(a - b)) / scale < 1e-4, path
     else:
       assert np.array_equal(a, b), path
+
+
+def test_resume_config_changes_are_listed():
+  import importlib.util
+  from gmseg import annotate
+  spec = importlib.util.spec_from_file_location("tiny", REPO / "configs" / "tiny.py")
+  tiny = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny)
+  saved = metric_writers.to_jsonable(tiny.get_config().to_dict())
+  assert annotate._config_changes(saved, tiny.get_config()) == []
+  assert annotate._config_changes(None, tiny.get_config()) == []
+  assert annotate._config_changes(saved, tiny.get_config("steps=30,seed=2")) == [
+      "seed: 0 -> 2", "train.steps: 20 -> 30"]
+  with pytest.raises(ValueError, match="Unknown config argument 'stpes'"):
+    tiny.get_config("stpes=3")
