@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.val_split = "test"           # FASSEG has train/test only
   c.data.num_val = 0
   c.data.test_split = "test"
+  c.data.eval_dataset = "fasseg/frontal02"  # rendered labels are still scored on real faces
   c.data.resolution = 64              # the DCGAN's output size
   # FASSEG faces are portrait (~363x512): the centred square keeps the face.
   c.data.transform = "square_crop"

@@ -34,8 +34,8 @@ class DemoConfig:
   steps: int = 200              # A/S iterations (= supervised updates)
   syn_batch: int = 4
   seg_batch: int = 4
-  ann_lr: float = 1e-2          # Adam
-  seg_lr: float = 1e-3          # Adam (both S's: LAGM and supervised)
+  ann_lr: float = 3e-3          # Adam
+  seg_lr: float = 3e-3          # Adam (both S: LAGM and supervised)
   matched: str = "unet:all"
   widths: tuple = (16, 16, 32, 32, 32)
   num_test: int = 64

@@ -12,7 +12,7 @@ from gmseg import teacher_demo
 
 
 def test_teacher_recovery_beats_supervised():
-  cfg = teacher_demo.DemoConfig(steps=200, eval_every=100, ann_lr=3e-3, seg_lr=3e-3)
+  cfg = teacher_demo.DemoConfig(steps=200, eval_every=100)
   out = teacher_demo.run(cfg)
   print("teacher recovery:", out)
   init_a, final_a = out["annotator"][0], out["annotator"][-1]

@@ -1,0 +1,94 @@
+"""Baseline: a segmenter trained on the labelled images alone.
+
+The same segmenter, input size and evaluation as the method, trained with
+hard cross-entropy on the k labelled images (flip / zoom / colour
+augmentation, `pipeline.augment`) for a given number of updates. Its
+checkpoints use the phase-one layout (`<workdir>/checkpoints`, a TrainState
+with empty annotator fields), so `restore.evaluate_checkpoint(workdir,
+which='annotate')` scores it like any phase-one segmenter.
+"""
+import functools
+import pathlib
+from typing import Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmseg import build, checkpoint, metric_writers, progress as progress_lib
+from gmseg import state as state_lib
+from gmseg import steps as steps_lib
+from gmseg.data import pipeline
+
+_TAG = 7  # seed offset: the baseline's S starts from its own initialisation
+
+
+def init_state(config, module, tx, image_shape) -> state_lib.TrainState:
+  """A TrainState holding only a fresh segmenter (annotator fields empty)."""
+  k_init, k_run = jax.random.split(jax.random.PRNGKey(config.seed + _TAG))
+  params, stats = state_lib.init_variables(module, k_init, jnp.zeros((1,) + tuple(image_shape)))
+  return state_lib.TrainState(step=jnp.zeros((), jnp.int32), rng=k_run, ann_params={},
+                              ann_stats={}, ann_opt_state=(), seg_params=params,
+                              seg_stats=stats, seg_opt_state=tx.init(params))
+
+
+def train(config, workdir, num_steps: Optional[int] = None,
+          augment: bool = True) -> dict:
+  """Trains the baseline segmenter; resumes from `<workdir>/checkpoints`.
+
+  Args:
+    config: an experiment config (segmenter, seg_optim, data, batch.labelled).
+    workdir: run directory.
+    num_steps: updates (default `config.train.steps`, the number of
+      segmenter updates of phase one).
+    augment: flip / zoom / colour jitter of each labelled batch.
+  Returns:
+    {'step': updates done, 'loss': mean loss of the last log window}.
+  """
+  workdir = pathlib.Path(workdir)
+  num_steps = int(num_steps or config.train.steps)
+  labelled = build.split_arrays(config, config.data.labelled_split,
+                                limit=config.data.num_labelled)
+  sampler = pipeline.Sampler({"image": labelled["image"], "label": labelled["label"]},
+                             config.batch.labelled, config.seed)
+  module = build.segmenter(config.segmenter, build.num_classes(config))
+  tx = state_lib.make_optimizer(config.seg_optim.name, config.seg_optim.lr,
+                                momentum=config.seg_optim.momentum)
+  # supervised_step reads only the segmenter and its optimiser.
+  method = state_lib.Method(gen_fn=None, z_dim=0, annotator=None, segmenter=module,
+                            ann_tx=None, seg_tx=tx, matched=())
+  step_fn = jax.jit(functools.partial(steps_lib.supervised_step, method=method),
+                    donate_argnums=0)
+  state = init_state(config, module, tx, labelled["image"].shape[1:])
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
+  state, meta = ckpt.maybe_restore(state)
+  metric_writers.write_config(workdir, config)
+  writer = metric_writers.MetricWriter(workdir)
+  progress = progress_lib.Progress(num_steps, start_step=int(state.step))
+  losses = []
+  step = int(state.step)
+  try:
+    while step < num_steps:
+      batch = sampler.batch(step)
+      if augment:
+        batch = pipeline.augment(batch, np.random.default_rng([config.seed, step]))
+      batch = {"image": jnp.asarray(batch["image"]),
+               "label": jnp.asarray(batch["label"], jnp.int32)}
+      state, metrics = step_fn(state, batch)
+      step += 1
+      losses.append(metrics["sup/loss"])
+      progress.update(step)
+      if step % config.train.log_every == 0 or step == num_steps:
+        loss = float(np.mean(jax.device_get(losses)))
+        progress_lib.check_finite({"sup/loss": loss}, step)
+        writer.write_scalars(step, {"loss": loss}, prefix="supervised")
+        losses.clear()
+      if step % config.train.ckpt_every == 0 or step == num_steps:
+        ckpt.save(step, jax.device_get(state), meta={"config": config.to_dict(), "step": step})
+  finally:
+    writer.close()
+    ckpt.wait()
+    ckpt.close()
+  logging.info("supervised baseline: %d updates in %s", step, workdir)
+  return {"step": step}
