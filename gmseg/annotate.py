@@ -78,7 +78,7 @@ def labelled_arrays(config) -> dict[str, np.ndarray]:
 
 def val_arrays(config) -> dict[str, np.ndarray]:
   d = config.data
-  arrays = build.split_arrays(config, d.val_split, limit=d.num_val)
+  arrays = build.eval_arrays(config, d.val_split, limit=d.num_val)
   return {"image": arrays["image"], "label": arrays["label"]}
 
 
