@@ -1,0 +1,463 @@
+"""Benchmark of the faces job: FG-mIoU against k, and the cost of one step.
+
+`sweep(...)` runs `gmseg.faces.run` (LAGM and the baselines) for every
+(k labelled faces, seed) in `<workdir>/k{k}_s{seed}`, skipping runs that
+already wrote results.json, and aggregates FG-mIoU (mean +- population std
+over seeds, x100) per method and k into `benchmark.md`, `benchmark.json` and
+the plot `fg_miou_vs_k.png`. Missing runs are left out of the aggregate, so a
+partial sweep still reports what it has.
+
+`timing(...)` measures, in one process on the same labelled batch, the
+jitted annotator (gradient-matching) step, segmenter step and supervised
+step: seconds per step (median over interleaved rounds), their ratios,
+iterations/s of the A+S loop and peak memory. It writes `timing.md` and
+`timing.json`; `write_report` appends the timing table to `benchmark.md`.
+"""
+import ast
+import datetime
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import resource
+import shlex
+import sys
+import time
+import traceback
+from typing import Any, Optional, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from gmseg import faces
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "faces.py"
+KS = (1, 2, 5, 10, 20)
+SEEDS = (0, 1, 2)
+PLOT = "fg_miou_vs_k.png"
+RUN_INFO = "benchmark_run.json"  # per run: the config it ran with, wall time
+
+
+# ----------------------------------------------------------------------------
+# Configs.
+
+def load_config(path=DEFAULT_CONFIG, arg: str = "") -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as an unlocked copy to override."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"Config file {path} not found; pass the path of a "
+                            "configs/*.py file (e.g. configs/faces.py).")
+  spec = importlib.util.spec_from_file_location(f"_bench_cfg_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return ml_collections.ConfigDict(module.get_config(arg or None).to_dict())
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+  """`text` converted to the type of the key's current value."""
+  if isinstance(current, bool):
+    if text.lower() in ("1", "true", "yes"):
+      return True
+    if text.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(f"--override {key}={text}: expected a boolean (true/false).")
+  if isinstance(current, (int, float)):
+    try:
+      return type(current)(float(text) if isinstance(current, float) else int(text))
+    except ValueError:
+      raise ValueError(f"--override {key}={text}: expected {type(current).__name__}.") from None
+  if isinstance(current, (tuple, list)):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise ValueError(f"--override {key}={text}: expected a Python tuple such as "
+                       "'(16,32,64)'.") from None
+    return type(current)(value if isinstance(value, (tuple, list)) else (value,))
+  if isinstance(current, str):
+    return text
+  raise ValueError(f"--override {key}: a {type(current).__name__} value cannot be set "
+                   "from the command line; edit the config file.")
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """Sets dotted keys from `key=value` strings, typed like the current values.
+
+  E.g. `ann_optim.name=adam`, `downstream.epochs=1`, `segmenter.widths=(8,8,16,16,16)`.
+  Unknown keys are errors naming the known keys at that level.
+  """
+  for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"--override {item!r} is not key=value (e.g. ann_optim.name=adam).")
+    key, text = item.split("=", 1)
+    *parents, leaf = key.strip().split(".")
+    node = config
+    for i, part in enumerate(parents + [leaf]):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        where = ".".join((parents + [leaf])[:i]) or "the config"
+        raise ValueError(f"--override {item!r}: {part!r} is not a key of {where}; "
+                         f"known: {known}.")
+      if i < len(parents):
+        node = node[part]
+    node[leaf] = _parse_value(text, node[leaf], key)
+  return config
+
+
+def faces_config(k: int, seed: int, *, steps: int, downstream_images: int,
+                 downstream_epochs: Optional[int] = None,
+                 overrides: Sequence[str] = (), manual_dir: str = "",
+                 data_dir: str = "", config_file=DEFAULT_CONFIG) -> ml_collections.ConfigDict:
+  """The faces config of one benchmark run (k labelled faces, one seed), locked."""
+  for name, value in (("manual_dir", manual_dir), ("data_dir", data_dir)):
+    if "," in str(value):
+      raise ValueError(f"{name}={value!r} contains a comma, which the config "
+                       "argument string cannot carry; use a path without commas.")
+  arg = (f"num={k},seed={seed},steps={steps},downstream_images={downstream_images},"
+         f"manual_dir={manual_dir},data_dir={data_dir}")
+  config = load_config(config_file, arg)
+  if downstream_epochs is not None:
+    config.downstream.epochs = int(downstream_epochs)
+  return apply_overrides(config, overrides).lock()
+
+
+# ----------------------------------------------------------------------------
+# Machine and command.
+
+def command_line() -> str:
+  """This process's command line, interpreter included, shell-quoted."""
+  return shlex.join(getattr(sys, "orig_argv", [sys.executable] + sys.argv))
+
+
+def machine_info() -> dict:
+  """CPU model, core counts, jax version, backend and devices."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except AttributeError:
+    usable = os.cpu_count()
+  return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": usable,
+          "jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()],
+          "device_kind": jax.devices()[0].device_kind}
+
+
+def _now() -> str:
+  return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def header(command: Optional[str] = None) -> dict:
+  """What benchmark.md starts with: command line, machine, date."""
+  return {"command": command or command_line(), "machine": machine_info(), "date": _now()}
+
+
+# ----------------------------------------------------------------------------
+# Accuracy sweep.
+
+def run_dir(workdir, k: int, seed: int) -> pathlib.Path:
+  return pathlib.Path(workdir) / f"k{k}_s{seed}"
+
+
+def sweep(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS, *,
+          steps: int, downstream_images: int, downstream_epochs: Optional[int] = None,
+          overrides: Sequence[str] = (), manual_dir: str = "", data_dir: str = "",
+          baselines: Sequence[str] = faces.BASELINES, config_file=DEFAULT_CONFIG,
+          command: Optional[str] = None) -> dict:
+  """Runs the missing (k, seed) runs, then aggregates every finished one.
+
+  A run counts as done when its results.json exists (its own stages also
+  resume from checkpoints, so a killed run continues). A failing run is
+  logged and the sweep goes on; the failures are listed in benchmark.md and
+  raised as one RuntimeError at the end. The report is rewritten after every
+  run, so it is current while the sweep is in progress.
+
+  Returns:
+    The aggregate (see `aggregate`).
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if not ks or not seeds:
+    raise ValueError(f"ks={list(ks)} and seeds={list(seeds)} must both be non-empty.")
+  # Build every config first: a bad override fails before hours of runs.
+  configs = {(k, s): faces_config(k, s, steps=steps, downstream_images=downstream_images,
+                                  downstream_epochs=downstream_epochs, overrides=overrides,
+                                  manual_dir=manual_dir, data_dir=data_dir,
+                                  config_file=config_file)
+             for k in ks for s in seeds}
+  head = header(command)
+  failures = {}
+  for (k, s), config in configs.items():
+    out = run_dir(workdir, k, s)
+    if (out / "results.json").is_file():
+      _check_same_config(out, config)
+      logging.info("k=%d seed=%d: results.json exists, skipped.", k, s)
+      continue
+    logging.info("k=%d seed=%d: running in %s.", k, s, out)
+    start = time.perf_counter()
+    try:
+      faces.run(config, out, baselines=baselines)
+    except Exception:  # pylint: disable=broad-except
+      failures[f"k{k}_s{s}"] = traceback.format_exc(limit=3)
+      logging.exception("k=%d seed=%d failed; going on with the sweep.", k, s)
+      continue
+    (out / RUN_INFO).write_text(json.dumps(
+        {"wall_s": time.perf_counter() - start, "date": _now(),
+         "config": config.to_dict()}, indent=1, default=str))
+    write_report(workdir, aggregate(workdir, ks, seeds), head, failures)
+  agg = aggregate(workdir, ks, seeds)
+  write_report(workdir, agg, head, failures)
+  if failures:
+    raise RuntimeError(f"{len(failures)} run(s) failed: {sorted(failures)}; see the "
+                       f"log and {workdir / 'benchmark.md'}. Rerun to retry them.")
+  return agg
+
+
+def _check_same_config(out: pathlib.Path, config) -> None:
+  info = out / RUN_INFO
+  if not info.is_file():
+    return
+  saved = json.loads(info.read_text()).get("config")
+  now = json.loads(json.dumps(config.to_dict(), default=str))
+  if saved is not None and saved != now:
+    logging.warning("%s was run with a different config than the one requested now; "
+                    "its results are kept. Delete the folder to rerun it.", out)
+
+
+def aggregate(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS) -> dict:
+  """FG-mIoU per method and k over the seeds whose results.json exists.
+
+  Returns:
+    {'fg_miou': {method: {k: {'mean', 'std', 'n', 'values': {seed: value}}}},
+     'wall_s': {k: mean wall seconds of a run}, 'missing': ['k{k}_s{s}', ...]}
+    with values, mean and std x100 (std: population, ddof=0).
+  """
+  table, walls, missing = {}, {}, []
+  for k in ks:
+    for s in seeds:
+      out = run_dir(workdir, k, s)
+      path = out / "results.json"
+      if not path.is_file():
+        missing.append(out.name)
+        continue
+      rows = json.loads(path.read_text())["rows"]
+      for method, row in rows.items():
+        table.setdefault(method, {}).setdefault(k, {})[s] = 100.0 * row["fg_miou"]
+      if (out / RUN_INFO).is_file():
+        walls.setdefault(k, []).append(json.loads((out / RUN_INFO).read_text())["wall_s"])
+  fg = {m: {k: {"mean": float(np.mean(list(v.values()))),
+                "std": float(np.std(list(v.values()))),
+                "n": len(v), "values": v}
+            for k, v in sorted(per_k.items())}
+        for m, per_k in table.items()}
+  return {"fg_miou": fg, "wall_s": {k: float(np.mean(v)) for k, v in walls.items()},
+          "missing": missing, "ks": list(ks), "seeds": list(seeds)}
+
+
+def markdown_table(agg: dict) -> str:
+  """Rows = methods, columns = k; cells 'mean ± std' (x100), '(n=..)' when
+  fewer seeds than asked finished, '–' when none did."""
+  ks, num_seeds = agg["ks"], len(agg["seeds"])
+  out = ["| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+         "|---|" + "---|" * len(ks)]
+  for method, per_k in agg["fg_miou"].items():
+    cells = []
+    for k in ks:
+      c = per_k.get(k)
+      if c is None:
+        cells.append("–")
+        continue
+      note = f" (n={c['n']})" if c["n"] < num_seeds else ""
+      cells.append(f"{c['mean']:.1f} ± {c['std']:.1f}{note}")
+    out.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
+def plot(agg: dict, path) -> None:
+  """FG-mIoU against k with population-std error bars, one line per method."""
+  import matplotlib  # lazy: only the report needs it
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for method, per_k in agg["fg_miou"].items():
+    ks = sorted(per_k)
+    ax.errorbar(ks, [per_k[k]["mean"] for k in ks], yerr=[per_k[k]["std"] for k in ks],
+                marker="o", capsize=3, label=method)
+  ax.set_xscale("log")
+  ax.set_xticks(agg["ks"])
+  ax.set_xticklabels([str(k) for k in agg["ks"]])
+  ax.minorticks_off()
+  ax.set_xlabel("labelled faces k")
+  ax.set_ylabel("FG-mIoU (x100), FASSEG test")
+  ax.set_title(f"Faces: FG-mIoU vs k (mean ± std over {len(agg['seeds'])} seeds)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(workdir, agg: Optional[dict], head: dict,
+                 failures: Optional[dict] = None) -> pathlib.Path:
+  """Writes benchmark.md / benchmark.json (and the plot when there are
+  results); the timing table from timing.json, when present, is appended."""
+  workdir = pathlib.Path(workdir)
+  m = head["machine"]
+  lines = [f"Command: `{head['command']}`", "",
+           f"Machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable); "
+           f"jax {m['jax']}, backend {m['backend']}, devices {', '.join(m['devices'])}", "",
+           f"Date: {head['date']}", ""]
+  if agg is not None:
+    lines += ["## FG-mIoU (x100) on the 50 FASSEG test faces, mean ± population std over "
+              f"seeds {agg['seeds']}", "", markdown_table(agg), ""]
+    if agg["wall_s"]:
+      lines += ["Wall time per run (all methods, mean over finished seeds): " + ", ".join(
+          f"k={k}: {v / 60:.1f} min" for k, v in sorted(agg["wall_s"].items())), ""]
+    if agg["missing"]:
+      lines += [f"Not (yet) finished: {', '.join(agg['missing'])}", ""]
+    if agg["fg_miou"]:
+      plot(agg, workdir / PLOT)
+      lines += [f"![FG-mIoU vs k]({PLOT})", ""]
+  if failures:
+    lines += ["Failed runs: " + ", ".join(sorted(failures)), ""]
+  timing_json = workdir / "timing.json"
+  timing_result = None
+  if timing_json.is_file():
+    timing_result = json.loads(timing_json.read_text())
+    lines += ["## Step timing", "", timing_markdown(timing_result), ""]
+  path = workdir / "benchmark.md"
+  path.write_text("\n".join(lines))
+  (workdir / "benchmark.json").write_text(json.dumps(
+      {**head, "accuracy": agg, "failures": failures or {}, "timing": timing_result},
+      indent=1))
+  return path
+
+
+# ----------------------------------------------------------------------------
+# Step timing.
+
+def _peak_memory() -> dict:
+  """Peak host RSS (ru_maxrss: KiB on Linux, bytes on macOS) and, where the
+  backend reports it, the device's peak bytes in use."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+  out = {"host_peak_rss_mib": rss_bytes / 2**20}
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and "peak_bytes_in_use" in stats:
+    out["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+  return out
+
+
+def timing(config, workdir, reps: int = 10, command: Optional[str] = None) -> dict:
+  """Times annotator, segmenter and supervised steps side by side.
+
+  One process, one device, `jax.jit` of each step (the state donated, as in
+  training) on one labelled batch of `config.batch.labelled` faces. Each is
+  compiled and run once first (compile time reported separately); then
+  `reps` rounds each run A, S, supervised and the A+S loop iteration in turn,
+  blocking on every result; the medians are reported. Host-side work
+  (sampling, augmentation, checkpoints, evaluation) is not counted.
+
+  Returns:
+    Seconds per step, compile seconds, ratios, loop iterations/s, peak memory
+    and the sizes involved; also written to `<workdir>/timing.{md,json}`.
+  """
+  from gmseg import annotate, build, steps  # lazy: pulls the data pipeline
+  from gmseg import state as state_lib
+  from gmseg.data import pipeline
+
+  if reps < 1:
+    raise ValueError(f"reps={reps} must be >= 1.")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  gen = build.generator(config)
+  method = build.method(config, gen, devices=1)
+  labelled = annotate.labelled_arrays(config)
+  sampler = pipeline.Sampler(labelled, config.batch.labelled, config.seed)
+  batch = jax.device_put({k: np.asarray(v) for k, v in sampler.batch(0).items()})
+  gen_params = jax.device_put(gen.params)
+  state = jax.jit(lambda p: state_lib.init_state(method, p, config.seed))(gen_params)
+
+  jit = lambda fn: jax.jit(functools.partial(fn, method=method), donate_argnums=0)
+  a_step, s_step, sup_step = (jit(steps.annotator_step), jit(steps.segmenter_step),
+                              jit(steps.supervised_step))
+  calls = {"annotator": lambda st: a_step(st, batch, gen_params)[0],
+           "segmenter": lambda st: s_step(st, gen_params)[0],
+           "supervised": lambda st: sup_step(st, batch)[0]}
+  calls["loop (A+S)"] = lambda st: calls["segmenter"](calls["annotator"](st))
+
+  compile_s = {}
+  for name in ("annotator", "segmenter", "supervised"):
+    t = time.perf_counter()
+    state = jax.block_until_ready(calls[name](state))
+    compile_s[name] = time.perf_counter() - t
+  times = {name: [] for name in calls}
+  for _ in range(reps):
+    for name, call in calls.items():
+      t = time.perf_counter()
+      state = jax.block_until_ready(call(state))
+      times[name].append(time.perf_counter() - t)
+
+  med = {name: float(np.median(v)) for name, v in times.items()}
+  count = lambda tree: int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+  result = {
+      **header(command), "reps": reps, "seconds": med,
+      "seconds_min_max": {n: [float(min(v)), float(max(v))] for n, v in times.items()},
+      "first_call_seconds": compile_s,
+      "ratio_annotator_to_segmenter": med["annotator"] / med["segmenter"],
+      "ratio_annotator_to_supervised": med["annotator"] / med["supervised"],
+      "loop_iterations_per_s": 1.0 / med["loop (A+S)"],
+      "memory": _peak_memory(),
+      "setup": {"generator": config.generator.name, "resolution": config.data.resolution,
+                "batch": dict(config.batch), "segmenter": config.segmenter.arch,
+                "segmenter_widths": list(config.segmenter.widths),
+                "annotator_tmp_channels": config.annotator.tmp_channels,
+                "matched_tensors": len(method.matched),
+                "annotator_params": count(state.ann_params),
+                "segmenter_params": count(state.seg_params),
+                "generator_params": count(gen.params)},
+  }
+  (workdir / "timing.json").write_text(json.dumps(result, indent=1))
+  (workdir / "timing.md").write_text(timing_markdown(result) + "\n")
+  return result
+
+
+def timing_markdown(r: dict) -> str:
+  """The timing result as a short markdown section."""
+  s, m, su = r["seconds"], r["memory"], r["setup"]
+  rows = ["| step | s/step (median) | min – max | first call (compile + run) |",
+          "|---|---|---|---|"]
+  for name, v in s.items():
+    lo, hi = r["seconds_min_max"][name]
+    first = r["first_call_seconds"].get(name)
+    rows.append(f"| {name} | {v:.4f} | {lo:.4f} – {hi:.4f} | "
+                + (f"{first:.1f} s" if first is not None else "–") + " |")
+  mem = f"host peak RSS {m['host_peak_rss_mib']:.0f} MiB"
+  if "device_peak_mib" in m:
+    mem += f", device peak {m['device_peak_mib']:.0f} MiB"
+  b = su["batch"]
+  return "\n".join([
+      f"{r['reps']} interleaved rounds, jitted steps on one {r['machine']['backend']} "
+      f"device ({r['machine']['device_kind']}); {su['generator']} at {su['resolution']}px, "
+      f"batches labelled/synthetic/segmenter {b['labelled']}/{b['synthetic']}/{b['segmenter']}, "
+      f"{su['segmenter']} {su['segmenter_widths']} ({su['segmenter_params']:,} params, "
+      f"{su['matched_tensors']} matched tensors), annotator {su['annotator_params']:,} params.",
+      "", *rows, "",
+      f"A-step / S-step: {r['ratio_annotator_to_segmenter']:.2f}x; "
+      f"A-step / supervised step: {r['ratio_annotator_to_supervised']:.2f}x; "
+      f"loop (one A + one S step): {r['loop_iterations_per_s']:.2f} it/s; {mem}.",
+  ])

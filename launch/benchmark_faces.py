@@ -1,0 +1,75 @@
+r"""Benchmark of the faces job: FG-mIoU vs k over seeds, and step timing.
+
+Full sweep (k = 1, 2, 5, 10, 20; seeds 0, 1, 2; resumes: finished runs are
+skipped, unfinished ones continue from their checkpoints):
+
+  .venv/bin/python launch/benchmark_faces.py --workdir=runs/bench_faces --timing \
+      --steps=1000 --downstream_images=1000 --manual_dir=../shared/data/fasseg
+
+Smoke test:
+
+  .venv/bin/python launch/benchmark_faces.py --workdir=/tmp/bench --ks=1 --seeds=0 \
+      --steps=4 --downstream_images=16 --override=downstream.epochs=1 \
+      --override=train.eval_every=4 --timing --timing_reps=3 \
+      --manual_dir=../shared/data/fasseg
+
+Writes <workdir>/benchmark.md (command, machine, date, FG-mIoU table, timing),
+benchmark.json, fg_miou_vs_k.png, timing.md/json and one k{k}_s{seed}/ run
+folder per (k, seed). `--ks=` (empty) with --timing times only.
+"""
+from absl import app, flags
+
+from gmseg import benchmark, faces
+
+WORKDIR = flags.DEFINE_string("workdir", None, "Benchmark folder (runs and reports).")
+CONFIG_FILE = flags.DEFINE_string("config_file", str(benchmark.DEFAULT_CONFIG),
+                                  "Config file whose get_config(num,seed,steps,...) is run.")
+KS = flags.DEFINE_list("ks", [str(k) for k in benchmark.KS], "Labelled-face counts k.")
+SEEDS = flags.DEFINE_list("seeds", [str(s) for s in benchmark.SEEDS], "Seeds per k.")
+STEPS = flags.DEFINE_integer("steps", 1_000, "Annotator-learning iterations (A+S).")
+DOWNSTREAM_IMAGES = flags.DEFINE_integer("downstream_images", 1_000,
+                                         "Synthetic images for phase two.")
+DOWNSTREAM_EPOCHS = flags.DEFINE_integer("downstream_epochs", None,
+                                         "Phase-two epochs (default: the config's).")
+OVERRIDE = flags.DEFINE_multi_string(
+    "override", [], "Config override key=value (repeatable), e.g. ann_optim.name=adam.")
+MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder holding FASSEG's V2/ (offline).")
+DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = $TFDS_DATA_DIR or "
+                               "~/tensorflow_datasets).")
+BASELINES = flags.DEFINE_list("baselines", list(faces.BASELINES),
+                              f"Baselines to run, from {faces.BASELINES}.")
+TIMING = flags.DEFINE_bool("timing", False, "First time the A, S and supervised steps.")
+TIMING_REPS = flags.DEFINE_integer("timing_reps", 10, "Timed rounds per step.")
+TIMING_K = flags.DEFINE_integer("timing_k", 5, "Labelled faces loaded for the timing run.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _ints(name, values):
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise app.UsageError(f"--{name}={','.join(values)}: expected integers.") from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+  ks, seeds = _ints("ks", KS.value), _ints("seeds", SEEDS.value)
+  common = dict(steps=STEPS.value, downstream_images=DOWNSTREAM_IMAGES.value,
+                downstream_epochs=DOWNSTREAM_EPOCHS.value, overrides=OVERRIDE.value,
+                manual_dir=MANUAL_DIR.value, data_dir=DATA_DIR.value,
+                config_file=CONFIG_FILE.value)
+  if TIMING.value:
+    config = benchmark.faces_config(TIMING_K.value, seeds[0] if seeds else 0, **common)
+    result = benchmark.timing(config, WORKDIR.value, reps=TIMING_REPS.value)
+    if ks and seeds:  # the sweep takes long: show the timing now
+      print(benchmark.timing_markdown(result), "\n", flush=True)
+  if ks and seeds:
+    benchmark.sweep(WORKDIR.value, ks, seeds, baselines=BASELINES.value, **common)
+  else:  # timing only: the report holds the header and the timing table
+    benchmark.write_report(WORKDIR.value, None, benchmark.header())
+  print((benchmark.pathlib.Path(WORKDIR.value) / "benchmark.md").read_text())
+
+
+if __name__ == "__main__":
+  app.run(main)
