@@ -17,6 +17,8 @@ Writes <workdir>/benchmark.md (command, machine, date, FG-mIoU table, timing),
 benchmark.json, fg_miou_vs_k.png, timing.md/json and one k{k}_s{seed}/ run
 folder per (k, seed). `--ks=` (empty) with --timing times only.
 """
+import pathlib
+
 from absl import app, flags
 
 from gmseg import benchmark, faces
@@ -68,7 +70,7 @@ def main(argv):
     benchmark.sweep(WORKDIR.value, ks, seeds, baselines=BASELINES.value, **common)
   else:  # timing only: the report holds the header and the timing table
     benchmark.write_report(WORKDIR.value, None, benchmark.header())
-  print((benchmark.pathlib.Path(WORKDIR.value) / "benchmark.md").read_text())
+  print((pathlib.Path(WORKDIR.value) / "benchmark.md").read_text())
 
 
 if __name__ == "__main__":
