@@ -34,12 +34,13 @@ class DemoConfig:
   steps: int = 200              # A/S iterations (= supervised updates)
   syn_batch: int = 4
   seg_batch: int = 4
-  ann_lr: float = 3e-3          # Adam
+  ann_lr: float = 1e-3          # Adam
   seg_lr: float = 3e-3          # Adam (both S: LAGM and supervised)
   matched: str = "unet:all"
   widths: tuple = (16, 16, 32, 32, 32)
   num_test: int = 64
   eval_every: int = 50
+  eval_from: int = 0             # evaluate at 0 and every eval_every from here
   seed: int = 0
 
 
@@ -101,7 +102,7 @@ def run(cfg: DemoConfig = DemoConfig(), log=print) -> dict:
   out = {"steps": [], "annotator": [], "segmenter": [], "supervised": []}
   t0 = time.time()
   for i in range(cfg.steps + 1):
-    if i % cfg.eval_every == 0 or i == cfg.steps:
+    if i == 0 or i == cfg.steps or (i >= cfg.eval_from and i % cfg.eval_every == 0):
       out["steps"].append(i)
       out["annotator"].append(miou(ann_pred(state)))
       out["segmenter"].append(miou(seg_pred(state.seg_params, x_t)))

@@ -3,24 +3,31 @@
 A learner that sees k=4 teacher-labelled samples must recover the teacher's
 labelling on fresh samples far above its initial agreement, and beat a
 segmenter trained on the 4 labelled samples alone for the same number of
-updates. Thresholds come from measured runs (see the closing note of issue 2
-and README): at 200 steps, init mIoU 0.11 (chance for 4 balanced classes is
-about 0.14), annotator 0.32, LAGM segmenter 0.28, supervised 0.26 (it peaks
-near 0.29 at 50 steps, then overfits the 4 samples).
+updates. Agreement is averaged over the evaluations at steps 200, 225 and
+250, because single evaluations move by +-0.04 from one to the next.
+
+Measured (2-core CPU, default XLA flags): init mIoU 0.114 (chance for 4
+balanced classes is about 0.14); means over steps 200-250: annotator 0.316,
+LAGM segmenter 0.291, supervised 0.256 (it peaks near 0.29 at 25 steps, then
+overfits the 4 samples). Thresholds leave room for other XLA builds, whose
+float rounding changes the (chaotic) trajectory.
 """
+import numpy as np
+
 from gmseg import teacher_demo
 
 
 def test_teacher_recovery_beats_supervised():
-  cfg = teacher_demo.DemoConfig(steps=200, eval_every=100)
+  cfg = teacher_demo.DemoConfig(steps=250, eval_every=25, eval_from=200)
   out = teacher_demo.run(cfg)
   print("teacher recovery:", out)
-  init_a, final_a = out["annotator"][0], out["annotator"][-1]
-  final_s, final_sup = out["segmenter"][-1], out["supervised"][-1]
-  assert init_a < 0.16
-  # Far above initialisation: at least double the agreement.
-  assert final_a > 2 * init_a and final_a > 0.25
-  assert final_s > 0.22
+  assert out["steps"] == [0, 200, 225, 250]
+  init = out["annotator"][0]
+  ann, seg, sup = (float(np.mean(out[k][1:])) for k in ("annotator", "segmenter", "supervised"))
+  assert init < 0.16
+  # Far above initialisation: about double the agreement.
+  assert ann > 0.26 and ann > 2 * init
+  assert seg > 0.24
   # The method beats training on the 4 labelled samples alone.
-  assert final_a > final_sup
-  assert final_s > final_sup - 0.01
+  assert ann > sup + 0.02
+  assert seg > sup
