@@ -123,5 +123,17 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     if k not in defaults:
       raise ValueError(f"Unknown config argument {k!r}; known: {sorted(defaults)}.")
     kind = type(defaults[k])
-    out[k] = (v.lower() in ("1", "true", "yes")) if kind is bool else kind(v)
+    if kind not in (bool, int, float, str):
+      raise ValueError(f"Config argument {k!r} has a {kind.__name__} default; only "
+                       "bool/int/float/str arguments can be parsed from the command line.")
+    if kind is bool:
+      if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(f"Config argument {k}={v!r} is not a bool (true/false).")
+      out[k] = v.lower() in ("1", "true", "yes")
+      continue
+    try:
+      out[k] = kind(v)
+    except ValueError:
+      raise ValueError(f"Config argument {k}={v!r} is not a valid {kind.__name__} "
+                       f"(default {defaults[k]!r}).") from None
   return out
