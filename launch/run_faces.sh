@@ -8,4 +8,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash launch/setup.sh
 exec .venv/bin/python launch/faces.py \
   --config=configs/faces.py:num=2,steps=200,downstream_images=200 \
-  --config.downstream.epochs=2 --workdir=runs/faces_k2 "$@"
+  --config.downstream.epochs=2 --config.train.eval_every=100 \
+  --config.train.ckpt_every=100 --config.train.grid_every=100 --workdir=runs/faces_k2 "$@"
