@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from gmseg.data import builder as builder_lib
 from gmseg.data import common
 
 # The official 19-class order (index = class id); parts are painted in this order.
@@ -123,7 +124,7 @@ def load_example(root: pathlib.Path, image_id: int) -> dict:
   return common.example(image, label, str(image_id))
 
 
-class CelebAMask(tfds.core.GeneratorBasedBuilder):
+class CelebAMask(builder_lib.Builder):
   """CelebAMask-HQ, 8 face-part classes, the paper's id-range splits."""
 
   name = "celebamask"
@@ -132,13 +133,6 @@ class CelebAMask(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [CelebAMaskConfig(name="parts8", description="8 classes, paper splits.")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # tfds 4.9.10 resolves this through `importlib_resources`, which current
-    # etils no longer installs; it only locates a checksums file, and a
-    # manual-download builder has none.
-    return None
 
   def _info(self):
     return tfds.core.DatasetInfo(

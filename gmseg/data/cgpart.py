@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from gmseg.data import builder as builder_lib
 from gmseg.data import common
 
 CGPART_CAR_CLASSES = (
@@ -152,7 +153,7 @@ def find_roots(manual_dir: os.PathLike | str) -> tuple[pathlib.Path, pathlib.Pat
   return render, real
 
 
-class CGPart(tfds.core.GeneratorBasedBuilder):
+class CGPart(builder_lib.Builder):
   """CGPart cars with the paper's 15 simplified classes."""
 
   name = "cgpart"
@@ -161,13 +162,6 @@ class CGPart(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [CGPartConfig(name="car", description="Cars, 15 classes.")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # tfds 4.9.10 resolves this through `importlib_resources`, which current
-    # etils no longer installs; it only locates a checksums file, and a
-    # manual-download builder has none.
-    return None
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, description=__doc__, features=common.features(),

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from gmseg.data import builder as builder_lib
 from gmseg.data import common
 
 CAR20_CLASSES = ("background", "back_bumper", "bumper", "car_body", "car_lights", "door",
@@ -160,7 +161,7 @@ def load_pair(image_path, mask_path, num_classes: int, size: int):
   return image, label
 
 
-class DatasetGAN(tfds.core.GeneratorBasedBuilder):
+class DatasetGAN(builder_lib.Builder):
   """DatasetGAN's generated training images and real test images with part masks."""
 
   name = "datasetgan"
@@ -176,13 +177,6 @@ class DatasetGAN(tfds.core.GeneratorBasedBuilder):
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # tfds 4.9.10 resolves this through `importlib_resources`, which current
-    # etils no longer installs; it only locates a checksums file, and a
-    # manual-download builder has none.
-    return None
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, description=__doc__, features=common.features(),

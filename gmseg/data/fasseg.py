@@ -23,6 +23,7 @@ import zipfile
 
 import tensorflow_datasets as tfds
 
+from gmseg.data import builder as builder_lib
 from gmseg.data import common
 
 CLASS_NAMES = ("background", "hair", "skin", "eyes", "nose", "mouth")
@@ -48,7 +49,7 @@ class FassegConfig(tfds.core.BuilderConfig):
   folder: str = "V2"
 
 
-class Fasseg(tfds.core.GeneratorBasedBuilder):
+class Fasseg(builder_lib.Builder):
   """FASSEG face parts: image, 6-class label map, id (relative path, no suffix)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -66,12 +67,6 @@ class Fasseg(tfds.core.GeneratorBasedBuilder):
       f"Download {ARCHIVE_URL} (or clone {REPOSITORY}), unzip it, and pass the unzipped "
       "folder (the one holding V1/, V2/, V3/) as manual_dir (`--manual_dir` in gmseg launchers).")
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # tfds 4.9.10 resolves this through `importlib_resources` (not installed
-    # with current etils) only to find a checksums file, which we do not ship.
-    return None
 
   def _info(self):
     return tfds.core.DatasetInfo(

@@ -32,6 +32,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import tensorflow_datasets as tfds
 
+from gmseg.data import builder as builder_lib
 from gmseg.data import common
 
 HORSE_CLASSES = ("background", "head", "torso", "legs", "neck", "tail")
@@ -266,7 +267,7 @@ def crop_ids(voc, parts_dir, obj: str, voc_split: str, min_size: int) -> list[st
 # --------------------------------------------------------------------------- builder
 
 
-class PascalPart(tfds.core.GeneratorBasedBuilder):
+class PascalPart(builder_lib.Builder):
   """Pascal-Part per-instance crops with the paper's 6-class part maps."""
 
   name = "pascal_part"
@@ -280,13 +281,6 @@ class PascalPart(tfds.core.GeneratorBasedBuilder):
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # tfds 4.9.10 resolves this through `importlib_resources`, which current
-    # etils no longer installs; it only locates a checksums file, and a
-    # manual-download builder has none.
-    return None
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, description=__doc__, features=common.features(),

@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from gmseg.data import builder as builder_lib
 from gmseg.data import common
 
 CLASS_NAMES = ("background", "hair", "skin", "eyes", "nose", "mouth")
@@ -219,7 +220,7 @@ class RenderedFacesConfig(tfds.core.BuilderConfig):
 TEST_SEED_OFFSET = 1_000_000
 
 
-class RenderedFaces(tfds.core.GeneratorBasedBuilder):
+class RenderedFaces(builder_lib.Builder):
   """Rendered faces in FASSEG's classes; needs no download."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -231,11 +232,6 @@ class RenderedFaces(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "n1000_r64"
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # See fasseg.Fasseg.code_path: tfds would need `importlib_resources`.
-    return None
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, description=__doc__, features=common.features())

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from gmseg.data import builder as builder_lib
 from gmseg.data import common
 
 MANIFEST = "manifest.json"
@@ -36,7 +37,7 @@ def _png(array: np.ndarray, mode: str) -> bytes:
   return buffer.getvalue()
 
 
-class GmsegSynthetic(tfds.core.GeneratorBasedBuilder):
+class GmsegSynthetic(builder_lib.Builder):
   """Images of a frozen generator labelled by a trained annotator.
 
   Args:
@@ -52,11 +53,6 @@ class GmsegSynthetic(tfds.core.GeneratorBasedBuilder):
     self._staging_dir = None if staging_dir is None else pathlib.Path(staging_dir)
     super().__init__(**kwargs)
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # See fasseg.Fasseg.code_path: tfds would need `importlib_resources`.
-    return None
 
   def _info(self):
     return tfds.core.DatasetInfo(
