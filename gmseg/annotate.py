@@ -180,6 +180,9 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
 
   # jitted: one compiled (and cacheable) program instead of many eager ops.
   state = jax.jit(lambda p: state_lib.init_state(method, p, config.seed))(gen.params)
+  seg_params, seg_stats = build.pretrained_segmenter(config.segmenter, state.seg_params,
+                                                     state.seg_stats)
+  state = state.replace(seg_params=seg_params, seg_stats=seg_stats)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=tc.keep, best_key=BEST_KEY)
   state, meta = ckpt.maybe_restore(state)
   best = (meta or {}).get("best")

@@ -5,6 +5,7 @@ import dataclasses
 import os
 from typing import Optional
 
+from absl import logging
 import flax.linen as nn
 import jax
 import numpy as np
@@ -36,6 +37,24 @@ def segmenter(seg_cfg, n_classes: int) -> nn.Module:
                              backbone_norm=seg_cfg.backbone_norm,
                              dropout=seg_cfg.dropout)
   raise ValueError(f"Unknown segmenter arch {seg_cfg.arch!r}; use 'unet' or 'deeplab'.")
+
+
+def pretrained_segmenter(seg_cfg, params, stats):
+  """Loads `seg_cfg.pretrained` (a torchvision ResNet .pth) into a DeepLab
+  backbone; returns (params, batch_stats). Without a file, DeepLab trains
+  from scratch, unlike the paper: say so once in the log."""
+  if seg_cfg.arch != "deeplab":
+    if seg_cfg.pretrained:
+      raise ValueError(f"segmenter.pretrained={seg_cfg.pretrained!r} is only for "
+                       "arch='deeplab' (ImageNet ResNet backbone); set it to ''.")
+    return params, stats
+  if not seg_cfg.pretrained:
+    logging.warning("DeepLab without an ImageNet backbone (segmenter.pretrained=''): "
+                    "the paper starts from torchvision's resnet101-63fe2227.pth.")
+    return params, stats
+  from gmseg.models import deeplab
+  loaded = deeplab.load_torchvision_resnet(seg_cfg.pretrained, params, stats)
+  return loaded["params"], loaded["batch_stats"]
 
 
 def annotator(config) -> nn.Module:

@@ -315,12 +315,9 @@ def init_state(config, image_shape, tx) -> state_lib.TrainState:
     image_shape: `(height, width, 3)` of the synthetic images.
   """
   module = restore.segmenter_module(config, "downstream")
-  k_init, k_run = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed),
-                                                      _LATENT_TAG + 1))
-  params, stats = state_lib.init_variables(module, k_init, jnp.zeros((1,) + tuple(image_shape)))
-  return state_lib.TrainState(step=jnp.zeros((), jnp.int32), rng=k_run, ann_params={},
-                              ann_stats={}, ann_opt_state=(), seg_params=params,
-                              seg_stats=stats, seg_opt_state=tx.init(params))
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), _LATENT_TAG + 1)
+  return state_lib.segmenter_state(module, rng, image_shape, tx,
+                                   restore.segmenter_config(config, "downstream"))
 
 
 @functools.lru_cache(maxsize=4)

@@ -110,6 +110,30 @@ def init_state(method: Method, gen_params: Params, seed: int) -> TrainState:
       seg_opt_state=method.seg_tx.init(seg_params))
 
 
+def segmenter_state(module: nn.Module, rng: jax.Array, image_shape, tx,
+                    seg_cfg=None) -> TrainState:
+  """A TrainState holding only a fresh segmenter (annotator fields empty).
+
+  The pytree type of phase one, so baselines and phase two checkpoint and
+  restore like it (`restore.restore_segmenter`).
+
+  Args:
+    rng: split into the initialisation key and the run's base key.
+    image_shape: `(height, width, 3)` of the training images.
+    tx: the segmenter's optimiser.
+    seg_cfg: a `config.segmenter`-shaped ConfigDict; its `pretrained` file, if
+      any, is loaded into the backbone (gmseg.build.pretrained_segmenter).
+  """
+  from gmseg import build  # build imports this module
+  k_init, k_run = jax.random.split(rng)
+  params, stats = init_variables(module, k_init, jnp.zeros((1,) + tuple(image_shape)))
+  if seg_cfg is not None:
+    params, stats = build.pretrained_segmenter(seg_cfg, params, stats)
+  return TrainState(step=jnp.zeros((), jnp.int32), rng=k_run, ann_params={},
+                    ann_stats={}, ann_opt_state=(), seg_params=params,
+                    seg_stats=stats, seg_opt_state=tx.init(params))
+
+
 def make_optimizer(name: str, lr: float, momentum: float = 0.9,
                    b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
   """The paper's SGD (lr 1e-3, momentum 0.9) or Adam."""

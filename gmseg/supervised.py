@@ -24,15 +24,6 @@ from gmseg.data import pipeline
 _TAG = 7  # seed offset: the baseline's S starts from its own initialisation
 
 
-def init_state(config, module, tx, image_shape) -> state_lib.TrainState:
-  """A TrainState holding only a fresh segmenter (annotator fields empty)."""
-  k_init, k_run = jax.random.split(jax.random.PRNGKey(config.seed + _TAG))
-  params, stats = state_lib.init_variables(module, k_init, jnp.zeros((1,) + tuple(image_shape)))
-  return state_lib.TrainState(step=jnp.zeros((), jnp.int32), rng=k_run, ann_params={},
-                              ann_stats={}, ann_opt_state=(), seg_params=params,
-                              seg_stats=stats, seg_opt_state=tx.init(params))
-
-
 def train(config, workdir, num_steps: Optional[int] = None,
           augment: bool = True) -> dict:
   """Trains the baseline segmenter; resumes from `<workdir>/checkpoints`.
@@ -60,7 +51,9 @@ def train(config, workdir, num_steps: Optional[int] = None,
                             ann_tx=None, seg_tx=tx, matched=())
   step_fn = jax.jit(functools.partial(steps_lib.supervised_step, method=method),
                     donate_argnums=0)
-  state = init_state(config, module, tx, labelled["image"].shape[1:])
+  state = state_lib.segmenter_state(module, jax.random.PRNGKey(config.seed + _TAG), tx=tx,
+                                    image_shape=labelled["image"].shape[1:],
+                                    seg_cfg=config.segmenter)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
   state, meta = ckpt.maybe_restore(state)
   metric_writers.write_config(workdir, config)

@@ -32,3 +32,13 @@ def test_method_rejects_batches_that_do_not_divide_over_devices():
   c.batch.synthetic = 3
   with pytest.raises(ValueError, match="batch.synthetic=3 does not divide over 2 devices"):
     build.method(c, build.generator(c), devices=2)
+
+
+def test_pretrained_file_only_for_deeplab():
+  c = config_base.get_base()
+  c.segmenter.pretrained = "/nowhere/resnet101.pth"
+  with pytest.raises(ValueError, match="only for arch='deeplab'"):
+    build.pretrained_segmenter(c.segmenter, {}, {})
+  c.segmenter.arch = "deeplab"
+  with pytest.raises(FileNotFoundError, match="download.pytorch.org"):
+    build.pretrained_segmenter(c.segmenter, {"backbone": {"stem_norm": {"scale": 0}}}, {"backbone": {}})
