@@ -8,13 +8,31 @@ import pytest
 
 from gmseg import matching, steps
 from gmseg import state as state_lib
-from gmseg.models import annotator, generators, unet
+import flax.linen as nn
+
+from gmseg.models import annotator, generators, layers
+
+
+class TinySegmenter(nn.Module):
+  """conv-norm-relu, strided conv-norm-relu, upsample, 1x1 conv: the step
+  logic under test does not depend on the segmenter's depth, and a small
+  graph keeps the (vmapped, nested) gradients quick to compile."""
+  num_classes: int
+  norm: str = "group"
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = layers.conv_norm_relu(x, 4, self.norm, train, "a")
+    h = nn.Conv(8, (3, 3), strides=2, padding=1, name="down")(h)
+    h = jax.nn.relu(layers.norm_layer(self.norm, train, "down_norm")(h))
+    h = layers.resize_to(h, x.shape[1:3])
+    return nn.Conv(self.num_classes, (1, 1), name="out")(h)
 
 
 def _method(dtype=jnp.float32, norm="group", matched="re:.*"):
   gen = generators.random_conv(resolution=16, width=8, z_dim=4, seed=0)
   gen_params = jax.tree.map(lambda x: x.astype(dtype), gen.params)
-  seg = unet.UNet(3, widths=(4, 4, 4, 4, 4), norm=norm)
+  seg = TinySegmenter(3, norm=norm)
   m = state_lib.Method(
       gen_fn=gen.apply_fn, z_dim=gen.z_dim,
       annotator=annotator.Annotator(3, tmp_channels=4, num_layers=2, norm=norm),
@@ -34,9 +52,9 @@ def _method(dtype=jnp.float32, norm="group", matched="re:.*"):
 def test_annotator_gradient_matches_finite_differences_float64():
   with jax.enable_x64(True):
     m, s, gen_params, batch = _method(jnp.float64)
-    g_real = steps.labelled_grads(s, batch, method=m)
+    g_real = jax.jit(functools.partial(steps.labelled_grads, method=m))(s, batch)
     loss = jax.jit(lambda p: steps.matching_loss(p, s, g_real, gen_params, method=m)[0])
-    grad = jax.grad(loss)(s.ann_params)
+    grad = jax.jit(jax.grad(loss))(s.ann_params)
     direction = jax.tree.map(
         lambda x: jax.random.normal(jax.random.PRNGKey(x.size), x.shape, jnp.float64),
         s.ann_params)
@@ -77,13 +95,13 @@ def test_steps_compile_once_and_report_metrics():
 def test_batchnorm_rule():
   """Annotator step leaves S's running stats alone; segmenter step updates them."""
   m, s, gen_params, batch = _method(norm="batch")
-  s1, _ = steps.annotator_step(s, batch, gen_params, method=m)
+  s1, _ = jax.jit(functools.partial(steps.annotator_step, method=m))(s, batch, gen_params)
   for a, b in zip(jax.tree.leaves(s.seg_stats), jax.tree.leaves(s1.seg_stats)):
     np.testing.assert_array_equal(a, b)
   changed = [not np.array_equal(a, b) for a, b in
              zip(jax.tree.leaves(s.ann_stats), jax.tree.leaves(s1.ann_stats))]
   assert all(changed)  # A trains in this step: its running stats move
-  s2, _ = steps.segmenter_step(s1, gen_params, method=m)
+  s2, _ = jax.jit(functools.partial(steps.segmenter_step, method=m))(s1, gen_params)
   changed = [not np.array_equal(a, b) for a, b in
              zip(jax.tree.leaves(s1.seg_stats), jax.tree.leaves(s2.seg_stats))]
   assert all(changed)
@@ -94,5 +112,5 @@ def test_batchnorm_rule():
 def test_nonfinite_gradients_are_counted_and_cleaned():
   m, s, gen_params, batch = _method()
   bad = s.replace(seg_params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.inf), s.seg_params))
-  s2, metrics = steps.supervised_step(bad, batch, method=m)
+  s2, metrics = jax.jit(functools.partial(steps.supervised_step, method=m))(bad, batch)
   assert float(metrics["sup/nonfinite"]) > 0
