@@ -96,12 +96,15 @@ def evaluate_state(predict_fn, state: state_lib.TrainState, val: dict,
 
 
 def write_grids(workdir: pathlib.Path, step: int, batch: dict, images, probs,
-                writer: metric_writers.MetricWriter) -> None:
-  """Saves the labelled and the generated/annotated grids of `step`."""
+                writer: metric_writers.MetricWriter, pal=None) -> None:
+  """Saves the labelled and the generated/annotated grids of `step`.
+
+  `pal`: label colours `[C, 3]` (default: viz.palette sized to the labels).
+  """
   grids = {
-      "labelled": viz.label_grid(batch["image"], batch["label"]),
+      "labelled": viz.label_grid(batch["image"], batch["label"], pal=pal),
       "generated": viz.label_grid(images, np.argmax(probs, axis=-1), probs=probs,
-                                  conf_threshold=0.9),
+                                  conf_threshold=0.9, pal=pal),
   }
   for name, grid in grids.items():
     viz.save_png(workdir / "grids" / f"{step:07d}_{name}.png", grid)
@@ -212,7 +215,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
       return
     single = parallel.unreplicate(r_state)
     images, probs = jax.device_get(samples_fn(single, gen.params, grid_z, grid_key))
-    write_grids(workdir, step, sampler.batch(step), images, probs, writer)
+    write_grids(workdir, step, sampler.batch(step), images, probs, writer,
+                pal=viz.palette_for(config.class_names))
 
   pending = []  # (step, device metrics) not yet checked and written
 

@@ -263,7 +263,7 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathl
   (staging / synthetic.MANIFEST).write_text(json.dumps(
       {"shards": shards, "keep": np.flatnonzero(keep).tolist()}))
   synthetic.build(data_dir, staging)
-  _write_grids(out / "grids", staging, shards, keep)
+  _write_grids(out / "grids", staging, shards, keep, viz.palette_for(config.class_names))
   shutil.rmtree(staging)
 
   info = dict(settings, num_generated=n, num_kept=int(keep.sum()),
@@ -276,7 +276,7 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathl
   return data_dir
 
 
-def _write_grids(grid_dir, staging, shards, keep):
+def _write_grids(grid_dir, staging, shards, keep, pal):
   """grids/dataset.png (first kept) and grids/dropped.png (first dropped, if any)."""
   picks = {True: [], False: []}
   for name in shards:
@@ -293,7 +293,7 @@ def _write_grids(grid_dir, staging, shards, keep):
     images, labels, conf = (np.stack(x) for x in zip(*picks[kept]))
     # label_grid reads only the max over the last axis: confidence as one "class".
     viz.save_png(grid_dir / fname, viz.label_grid(
-        images, labels, probs=conf[..., None].astype(np.float32) / 255.0))
+        images, labels, probs=conf[..., None].astype(np.float32) / 255.0, pal=pal))
 
 
 # ------------------------------------------------------------------ training

@@ -56,9 +56,10 @@ def score(workdir, which: str, config, test: dict, grid_path) -> dict:
   faces = test["image"][:GRID_FACES]
   pred = np.asarray(jax.device_get(predict(faces))).argmax(-1)
   # Rows: test face / ground truth / prediction.
+  pal = viz.palette_for(config.class_names)
   viz.save_png(grid_path, viz.grid([viz.to_uint8(faces),
-                                    viz.colorize(test["label"][:GRID_FACES]),
-                                    viz.colorize(pred)]))
+                                    viz.colorize(test["label"][:GRID_FACES], pal),
+                                    viz.colorize(pred, pal)]))
   return {k: (v.tolist() if isinstance(v, np.ndarray) else float(v))
           for k, v in result.items() if k in ("pacc", "miou", "fg_miou", "iou")}
 

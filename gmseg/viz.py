@@ -53,6 +53,16 @@ def _palette_array(pal, labels: np.ndarray) -> np.ndarray:
   return pal.astype(np.uint8)
 
 
+FASSEG_CLASSES = ("background", "hair", "skin", "eyes", "nose", "mouth")
+
+
+def palette_for(class_names) -> np.ndarray:
+  """FASSEG's own label colours for its six classes, else `palette(len)`."""
+  if tuple(class_names) == FASSEG_CLASSES:
+    return FASSEG_PALETTE
+  return palette(len(class_names))
+
+
 def colorize(labels, pal=None) -> np.ndarray:
   """Class ids `[..., H, W]` -> colours `[..., H, W, 3]` uint8.
 

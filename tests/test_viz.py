@@ -111,3 +111,9 @@ def test_sample_launcher(tmp_path, generator, n, extra, shape):
   assert grid.shape == shape
   first = grid[2:34, 2:34].astype(int)
   assert first.std() > 5  # an actual image, not a flat tile
+
+
+def test_palette_for_uses_fasseg_colours_for_its_classes():
+  pal = viz.palette_for(("background", "hair", "skin", "eyes", "nose", "mouth"))
+  np.testing.assert_array_equal(pal, viz.FASSEG_PALETTE)
+  assert viz.palette_for(("a", "b", "c")).shape == (3, 3)
