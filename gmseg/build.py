@@ -10,7 +10,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from gmseg import matching
 from gmseg import state as state_lib
 from gmseg.models import annotator as annotator_lib
 from gmseg.models import generators

@@ -6,7 +6,7 @@ parameter paths, batch sizes); steps close over it with functools.partial, so
 it is never traced.
 """
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import flax
 import flax.linen as nn

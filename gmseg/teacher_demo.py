@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmseg import evaluate, matching, steps
+from gmseg import evaluate, steps
 from gmseg import state as state_lib
 from gmseg.models import annotator as annotator_lib
 from gmseg.models import generators, layers, unet

@@ -4,7 +4,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from gmseg import matching, steps
 from gmseg import state as state_lib

@@ -3,7 +3,6 @@ import math
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 NORMS = ("group", "batch", "none")
 
