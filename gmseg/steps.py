@@ -186,19 +186,13 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   (dist, (ann_stats, g_syn)), grads = jax.value_and_grad(
       matching_loss, has_aux=True)(state.ann_params, state, g_real, gen_params,
                                    method=method, axis_name=axis_name)
-  grads = _pmean(grads, axis_name)
-  grads, nonfinite = matching.sanitize(grads)
-  updates, opt_state = method.ann_tx.update(grads, state.ann_opt_state,
-                                            state.ann_params)
-  params = optax.apply_updates(state.ann_params, updates)
-  metrics = {
+  params, opt_state, metrics = _apply_grads(
+      grads, state.ann_params, state.ann_opt_state, method.ann_tx, axis_name, "ann")
+  metrics.update({
       "ann/match_loss": dist,
-      "ann/grad_norm": matching.global_norm(grads),
-      "ann/update_norm": matching.global_norm(updates),
       "ann/g_real_norm": matching.global_norm(g_real),
       "ann/g_syn_norm": matching.global_norm(g_syn),
-      "ann/nonfinite": nonfinite.astype(jnp.float32),
-  }
+  })
   state = state.replace(ann_params=params, ann_opt_state=opt_state,
                         ann_stats=_pmean(ann_stats, axis_name))
   return state, _pmean(metrics, axis_name)
@@ -251,20 +245,29 @@ def supervised_step(state: TrainState, batch: dict, *, method: Method,
   return _update_segmenter(state, loss_fn, method, axis_name, "sup")
 
 
-def _update_segmenter(state, loss_fn, method, axis_name, prefix):
-  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.seg_params)
+def _apply_grads(grads, params, opt_state, tx, axis_name, prefix):
+  """Device mean, the paper's clean-up (NaN -> 0, +-inf -> +-1e5), optax update.
+
+  Returns:
+    (new params, new opt_state, {grad_norm, update_norm, nonfinite} metrics).
+  """
   grads = _pmean(grads, axis_name)
   grads, nonfinite = matching.sanitize(grads)
-  updates, opt_state = method.seg_tx.update(grads, state.seg_opt_state,
-                                            state.seg_params)
-  params = optax.apply_updates(state.seg_params, updates)
+  updates, opt_state = tx.update(grads, opt_state, params)
   metrics = {
-      f"{prefix}/loss": loss,
       f"{prefix}/grad_norm": matching.global_norm(grads),
       f"{prefix}/update_norm": matching.global_norm(updates),
       f"{prefix}/nonfinite": nonfinite.astype(jnp.float32),
   }
+  return optax.apply_updates(params, updates), opt_state, metrics
+
+
+def _update_segmenter(state, loss_fn, method, axis_name, prefix):
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.seg_params)
+  params, opt_state, metrics = _apply_grads(
+      grads, state.seg_params, state.seg_opt_state, method.seg_tx, axis_name, prefix)
+  metrics[f"{prefix}/loss"] = loss
   state = state.replace(seg_params=params, seg_opt_state=opt_state,
                         seg_stats=_pmean(stats, axis_name),
                         step=state.step + 1)
