@@ -116,18 +116,26 @@ def _rows(g: jax.Array) -> jax.Array:
   return jnp.moveaxis(g, -1, 0).reshape(g.shape[-1], -1)
 
 
+def _clamped_norm(x: jax.Array, eps: float) -> jax.Array:
+  """max(|x_r|, eps) per row of `[rows, n]`, as sqrt(max(|x_r|^2, eps^2)):
+  the same value, but the gradient at a zero row is 0, not NaN (|x| has no
+  derivative at 0, and max passes a 0 * NaN back)."""
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1), eps * eps))
+
+
 def tensor_distance(gs: jax.Array, gr: jax.Array, metric: str = "cosine",
                     row_reduction: str = "mean", eps: float = 1e-6) -> jax.Array:
   """Distance between two gradients of one tensor, per output-channel row.
 
-  cosine: sum_rows (1 - cos); l2: sum_rows ||gs_r - gr_r||; dot: -sum_rows
-  <gs_r, gr_r>. `row_reduction='mean'` divides by the number of rows.
+  cosine: sum_rows (1 - cos) with the paper's (torch's cosine_similarity)
+  clamped norms, cos = <x, y> / (max(|x|, eps) * max(|y|, eps)): exact
+  unless a row norm is below eps. l2: sum_rows ||gs_r - gr_r||; dot:
+  -sum_rows <gs_r, gr_r>. `row_reduction='mean'` divides by the number of rows.
   """
   xs, xr = _rows(gs), _rows(gr)
   if metric == "cosine":
     num = jnp.sum(xs * xr, axis=-1)
-    den = jnp.linalg.norm(xs, axis=-1) * jnp.linalg.norm(xr, axis=-1) + eps
-    per_row = 1.0 - num / den
+    per_row = 1.0 - num / (_clamped_norm(xs, eps) * _clamped_norm(xr, eps))
   elif metric == "l2":
     # sqrt of a sum with a tiny floor: the gradient of |x| at 0 is NaN otherwise.
     per_row = jnp.sqrt(jnp.sum((xs - xr) ** 2, axis=-1) + 1e-20)

@@ -9,7 +9,11 @@ from gmseg.models import unet
 
 
 def _cos_rows(a, b, eps=1e-6):
-  return 1 - np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + eps)
+  """1 - cos per row with each norm clamped at eps (the paper's, torch's
+  cosine_similarity)."""
+  na = np.maximum(np.linalg.norm(a, axis=1), eps)
+  nb = np.maximum(np.linalg.norm(b, axis=1), eps)
+  return 1 - np.sum(a * b, 1) / (na * nb)
 
 
 def test_tensor_distance_hand_computed():
@@ -23,6 +27,29 @@ def test_tensor_distance_hand_computed():
   assert matching.tensor_distance(gs, gr, "l2", "mean") == pytest.approx(1.0, abs=1e-5)
   assert matching.tensor_distance(gs, gr, "dot", "sum") == pytest.approx(0.0, abs=1e-6)
   assert matching.tensor_distance(gs, gs, "dot", "sum") == pytest.approx(-2.0)
+
+
+def test_cosine_clamps_each_norm_at_eps():
+  # Dense kernel [in=2, out=4]; rows (output channels) are the columns. Hand
+  # values with eps = 1e-6 and cos = <x,y> / (max(|x|,eps) max(|y|,eps)):
+  #   row 0: x = (3e-4, 4e-4), |x| = 5e-4; y = (3e-4, 4e-4): cos 1 exactly (adding
+  #          eps to the product of norms, 2.5e-7, would give 0.2);
+  #   row 1: x = (1e-7, 0), |x| < eps -> 1e-6; y = (1, 0): cos 1e-7 / 1e-6 = 0.1;
+  #   row 2: x = 0: cos 0;
+  #   row 3: x = (0, 2), y = (0, -3): cos -1.
+  xs = np.array([[3e-4, 1e-7, 0., 0.], [4e-4, 0., 0., 2.]], np.float64)
+  xr = np.array([[3e-4, 1., 1., 0.], [4e-4, 0., 0., -3.]], np.float64)
+  want = np.array([0.0, 0.9, 1.0, 2.0])
+  np.testing.assert_allclose(_cos_rows(xs.T, xr.T), want, atol=1e-12)
+  got = matching.tensor_distance(xs.astype(np.float32), xr.astype(np.float32), "cosine", "sum")
+  assert float(got) == pytest.approx(want.sum(), abs=1e-5)
+  # Gradients stay finite where a row is exactly zero (and below eps).
+  g_s, g_r = jax.grad(lambda a, b: matching.tensor_distance(a, b, "cosine", "sum"), (0, 1))(
+      jnp.asarray(xs, jnp.float32), jnp.asarray(xr, jnp.float32))
+  assert np.isfinite(g_s).all() and np.isfinite(g_r).all()
+  # Below eps the norm is constant, so cos = <x,y>/(eps |y|) is linear in x:
+  # d(1 - cos)/dx = -y / (eps |y|) for row 2 (y = (1, 0)).
+  np.testing.assert_allclose(g_s[:, 2], [-1e6, 0.0], rtol=1e-5)
 
 
 def test_conv_kernel_rows_are_output_channels():
@@ -50,7 +77,7 @@ def test_vectors_modes_and_tensor_reduction():
   # Paper default: bias gives 0 but counts in the mean over 2 tensors.
   assert float(matching.matching_distance(gs, gr)) == pytest.approx(dk / 2, rel=1e-5)
   assert float(matching.matching_distance(gs, gr, vectors="exclude")) == pytest.approx(dk, rel=1e-5)
-  db = 1 - np.dot(b_s, b_r) / (np.linalg.norm(b_s) * np.linalg.norm(b_r) + 1e-6)
+  db = _cos_rows(b_s[None], b_r[None])[0]
   assert float(matching.matching_distance(gs, gr, vectors="match")) == pytest.approx(
       (dk + db) / 2, rel=1e-5)
   assert float(matching.matching_distance(gs, gr, tensor_reduction="sum")) == pytest.approx(dk, rel=1e-5)
