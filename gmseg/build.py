@@ -29,7 +29,9 @@ def segmenter(seg_cfg, n_classes: int) -> nn.Module:
   """UNet or DeepLabV3 from a `config.segmenter`-shaped ConfigDict."""
   if seg_cfg.arch == "unet":
     from gmseg.models import unet
-    return unet.UNet(n_classes, widths=tuple(seg_cfg.widths), norm=seg_cfg.norm)
+    # Configs saved before the key existed ran half-pixel upsampling.
+    return unet.UNet(n_classes, widths=tuple(seg_cfg.widths), norm=seg_cfg.norm,
+                     upsample=seg_cfg.get("upsample", "half_pixel"))
   if seg_cfg.arch == "deeplab":
     from gmseg.models import deeplab
     return deeplab.DeepLabV3(n_classes, depth=seg_cfg.depth, norm=seg_cfg.norm,

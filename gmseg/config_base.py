@@ -57,6 +57,8 @@ def get_base() -> ml_collections.ConfigDict:
       "backbone_norm": "frozen_batch",
       "dropout": 0.5,
       "pretrained": "",
+      # UNet bilinear x2: 'align_corners' (paper's code) | 'half_pixel'.
+      "upsample": "align_corners",
   })
 
   # Gradient matching (gmseg.matching): params is '<arch>:<preset>' or 're:<regex>'.

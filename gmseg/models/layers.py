@@ -3,6 +3,8 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 NORMS = ("group", "batch", "none")
 
@@ -45,6 +47,38 @@ def resize_to(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
   if tuple(x.shape[1:3]) == tuple(hw):
     return x
   return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), "bilinear")
+
+
+def _align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """`[size_out, size_in]` linear-interpolation weights with the corner pixels
+  aligned: output i samples input position i * (size_in - 1) / (size_out - 1)."""
+  m = np.zeros((size_out, size_in), np.float32)
+  if size_in == 1 or size_out == 1:
+    m[:, 0] = 1.0
+    return m
+  pos = np.arange(size_out, dtype=np.float64) * (size_in - 1) / (size_out - 1)
+  lo = np.minimum(np.floor(pos).astype(int), size_in - 2)
+  frac = (pos - lo).astype(np.float32)
+  m[np.arange(size_out), lo] = 1.0 - frac
+  m[np.arange(size_out), lo + 1] += frac
+  return m
+
+
+def resize_align_corners(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+  """Bilinear resize of `[B, h, w, C]` to `[B, *hw, C]` with corner pixels
+  aligned (torch's `align_corners=True`, the paper's UNet upsampling).
+
+  Written as two small interpolation matrices (constants), so the result is
+  exact and its gradient is the transposed interpolation.
+  """
+  if tuple(x.shape[1:3]) == tuple(hw):
+    return x
+  rows = jnp.asarray(_align_corners_matrix(x.shape[1], hw[0]), x.dtype)
+  cols = jnp.asarray(_align_corners_matrix(x.shape[2], hw[1]), x.dtype)
+  return jnp.einsum("oh,pw,bhwc->bopc", rows, cols, x)
+
+
+UPSAMPLING = ("align_corners", "half_pixel")
 
 
 def conv_norm_relu(x, features: int, norm: str, train: bool, name: str,
