@@ -1,11 +1,22 @@
 """Checkpoints: orbax save / restore / automatic resume, behind one small class.
 
-Each step directory holds two items:
-  state: the train-state pytree (StandardSave), restored against an abstract
-         target so flax.struct dataclasses and optax namedtuples come back
-         with their exact structure (without a target orbax returns dicts and
-         lists).
-  meta:  anything JSON (config dict, metrics, data-set sizes).
+Each step directory holds three items:
+  state:     the train-state pytree (StandardSave), restored against an
+             abstract target so flax.struct dataclasses and optax namedtuples
+             come back with their exact structure (without a target orbax
+             returns dicts and lists).
+  meta:      anything JSON (config dict, metrics, data-set sizes).
+  checksums: {leaf path: [crc32 of its bytes, dtype]} of the state's arrays.
+
+Damage. orbax's atomic rename guards against crashes, not against files
+truncated, deleted or corrupted afterwards. `restore` checks that the saved
+tree has the target's structure and shapes (a mismatch is a config change,
+`CheckpointMismatchError`), that every file reads, that the checksums match
+and that every float is finite; anything else is `CheckpointDamagedError`.
+`maybe_restore` (training resume) then falls back to the newest step that
+passes, logging which steps it skipped and why, and moves the skipped ones to
+`<directory>_damaged/` so the resumed run can save those steps again.
+Evaluation (`restore_subtree`) never falls back: a damaged step is an error.
 
 orbax writes each step into a temporary directory and renames it when it is
 complete, so a crash or kill mid-save leaves the previous step restorable;
@@ -24,6 +35,8 @@ Typical use in a training loop:
 """
 import math
 import pathlib
+import shutil
+import zlib
 from typing import Any, Optional, Sequence
 
 from absl import logging
@@ -31,10 +44,101 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gmseg import errors
 from gmseg.metric_writers import to_jsonable
 
 PyTree = Any
 _policies = ocp.checkpoint_managers
+
+
+class CheckpointDamagedError(errors.UserError, RuntimeError):
+  """A saved step does not read completely, fails its checksums or holds NaN/Inf."""
+
+
+class CheckpointMismatchError(errors.UserError, ValueError):
+  """The saved state has another structure or shapes than the one asked for."""
+
+
+def _item_handlers() -> dict:
+  return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+          "checksums": ocp.JsonCheckpointHandler()}
+
+
+def _path_str(key_path) -> str:
+  """'seg_params/conv/kernel' for any pytree key path (dataclass, dict, tuple)."""
+  names = []
+  for k in key_path:
+    for attr in ("name", "key", "idx"):
+      if hasattr(k, attr):
+        names.append(str(getattr(k, attr)))
+        break
+    else:
+      names.append(str(k))
+  return "/".join(names)
+
+
+def _leaf_bytes(x) -> Optional[np.ndarray]:
+  """The leaf's bytes as uint8, or None for leaves not checksummed (Python scalars)."""
+  if not isinstance(x, (np.ndarray, jax.Array)):
+    return None
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return None
+  try:
+    arr = np.ascontiguousarray(np.asarray(x))
+  except (TypeError, ValueError):  # e.g. typed PRNG keys
+    return None
+  return arr.reshape(-1).view(np.uint8)
+
+
+def checksums(tree: PyTree) -> dict[str, list]:
+  """{leaf path: [crc32, dtype]} of a (host or device) state's arrays."""
+  out = {}
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    data = _leaf_bytes(leaf)
+    if data is not None:
+      out[_path_str(key_path)] = [zlib.crc32(data), str(np.asarray(leaf).dtype)]
+  return out
+
+
+def find_damage(tree: PyTree, expected: Optional[dict] = None, prefix: str = "") -> Optional[str]:
+  """Why `tree` (a restored state or subtree) is damaged, or None when it is sound.
+
+  Args:
+    expected: `checksums` saved with the step (None: only finiteness is checked).
+    prefix: the subtree's path inside the saved state ('seg_params').
+  """
+  bad_sum, nonfinite = [], []
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    path = "/".join(p for p in (prefix, _path_str(key_path)) if p)
+    arr = np.asarray(leaf)
+    if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+      nonfinite.append(f"{path} ({int(np.size(arr) - np.isfinite(arr).sum())} of {arr.size})")
+    saved = (expected or {}).get(path)
+    data = _leaf_bytes(leaf)
+    if saved is not None and data is not None and saved[1] == str(arr.dtype):
+      if zlib.crc32(data) != saved[0]:
+        bad_sum.append(path)
+  problems = []
+  if bad_sum:
+    problems.append(f"checksum mismatch in {len(bad_sum)} array(s): {', '.join(bad_sum[:3])}"
+                    + (", ..." if len(bad_sum) > 3 else ""))
+  if nonfinite:
+    problems.append(f"non-finite values in {', '.join(nonfinite[:3])}"
+                    + (", ..." if len(nonfinite) > 3 else ""))
+  return "; ".join(problems) or None
+
+
+def _short(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def _saved_checksums(mgr, step: int) -> Optional[dict]:
+  """The step's checksums item, or None for checkpoints written before it existed."""
+  if not (pathlib.Path(mgr.directory) / str(step) / "checksums").is_dir():
+    return None
+  return mgr.restore(step, args=ocp.args.Composite(
+      checksums=ocp.args.JsonRestore())).checksums
 
 
 class Checkpointer:
@@ -82,7 +186,9 @@ class Checkpointer:
         best_fn=best_fn, best_mode="max",
         cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save)
-    self._mgr = ocp.CheckpointManager(self.directory, options=options)
+    self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                      item_handlers=_item_handlers())
+    self.skipped: list[tuple[int, str]] = []  # (step, why) passed over by maybe_restore
 
   def save(self, step: int, state: PyTree, meta: Optional[dict] = None,
            metrics: Optional[dict] = None, force: bool = False) -> bool:
@@ -103,7 +209,8 @@ class Checkpointer:
       ckpt_metrics = to_jsonable(dict(metrics or {}))
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(to_jsonable(dict(meta or {}))))
+        meta=ocp.args.JsonSave(to_jsonable(dict(meta or {}))),
+        checksums=ocp.args.JsonSave(checksums(state)))
     saved = bool(self._mgr.save(step, args=args, metrics=ckpt_metrics, force=force))
     if not saved:
       logging.warning("orbax declined to save step %d (latest is %s); pass "
@@ -153,27 +260,107 @@ class Checkpointer:
           f"available steps: {steps}.")
     return int(step)
 
-  def restore(self, target: PyTree, step: Optional[int] = None
+  def restore(self, target: PyTree, step: Optional[int] = None, verify: bool = True
               ) -> tuple[PyTree, dict]:
     """Restores (state, meta) at `step` (default: latest).
 
     Args:
       target: the state, or its abstract version (`jax.eval_shape` /
         ShapeDtypeStructs); it fixes tree structure, dtypes and shardings.
+      verify: check checksums and finiteness of what was read.
+    Raises:
+      CheckpointMismatchError: the saved tree differs from `target`.
+      CheckpointDamagedError: the step does not read or fails the checks.
     """
     step = self._resolve(step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    out = self._mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    self._check_structure(abstract, step)
+    try:
+      out = self._mgr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      expected = _saved_checksums(self._mgr, step) if verify else None
+    except Exception as e:  # orbax/tensorstore raise many types for broken files
+      raise CheckpointDamagedError(f"Checkpoint step {step} in {self.directory} does not "
+                                   f"read completely ({_short(e)}).") from e
+    if verify:
+      problem = find_damage(out.state, expected)
+      if problem:
+        raise CheckpointDamagedError(f"Checkpoint step {step} in {self.directory} is "
+                                     f"damaged: {problem}.")
     return out.state, out.meta
 
-  def maybe_restore(self, target: PyTree) -> tuple[PyTree, Optional[dict]]:
-    """Automatic resume: the latest checkpoint if any, else (target, None)."""
-    if self.latest_step() is None:
-      return target, None
-    state, meta = self.restore(target)
-    logging.info("Resumed from %s step %d.", self.directory, self.latest_step())
-    return state, meta
+  def _check_structure(self, abstract: PyTree, step: int) -> None:
+    """Compares leaf paths and shapes with the step's metadata before reading arrays."""
+    try:
+      saved = self._mgr.item_metadata(step)["state"]
+      saved_leaves = jax.tree_util.tree_flatten_with_path(saved)[0]
+    except Exception as e:  # a missing or truncated metadata file
+      raise CheckpointDamagedError(f"Checkpoint step {step} in {self.directory} does not "
+                                   f"read completely (metadata: {_short(e)}).") from e
+    have = {_path_str(p): tuple(getattr(m, "shape", ()) or ()) for p, m in saved_leaves}
+    want = {_path_str(p): tuple(getattr(x, "shape", ()) or ())
+            for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    diffs = [f"{k} missing in the checkpoint" for k in want if k not in have]
+    diffs += [f"{k} only in the checkpoint" for k in have if k not in want]
+    diffs += [f"{k} saved {have[k]} vs requested {want[k]}" for k in want
+              if k in have and have[k] != want[k]]
+    if diffs:
+      raise CheckpointMismatchError(
+          f"Checkpoint step {step} in {self.directory} holds a state of another structure "
+          f"than this config builds ({len(diffs)} differences: {'; '.join(diffs[:4])}"
+          f"{'; ...' if len(diffs) > 4 else ''}): the config changed model, optimiser or "
+          "classes; use a new workdir.")
+
+  def maybe_restore(self, target: PyTree, quarantine: bool = True
+                    ) -> tuple[PyTree, Optional[dict]]:
+    """Automatic resume: the newest sound checkpoint if any, else (target, None).
+
+    Damaged steps are skipped with a warning (recorded in `self.skipped`) and,
+    with `quarantine`, moved to `<directory>_damaged/<step>` so the run can
+    save them again. A structure mismatch is raised, not skipped.
+
+    Raises:
+      CheckpointDamagedError when every saved step is damaged.
+    """
+    self.skipped = []
+    steps = self.all_steps()
+    for step in reversed(steps):
+      try:
+        state, meta = self.restore(target, step)
+      except CheckpointDamagedError as e:
+        why = str(e).split(f"{self.directory} ", 1)[-1]
+        logging.warning("Skipping checkpoint step %d of %s: %s", step, self.directory, why)
+        self.skipped.append((step, why))
+        continue
+      if self.skipped:
+        logging.warning("Resuming from checkpoint step %d instead of %s (damaged).",
+                        step, ", ".join(str(s) for s, _ in self.skipped))
+        if quarantine:
+          self._quarantine([s for s, _ in self.skipped])
+      logging.info("Resumed from %s step %d.", self.directory, step)
+      return state, meta
+    if steps:
+      raise CheckpointDamagedError(
+          f"Every checkpoint in {self.directory} is damaged (steps {steps}; latest: "
+          f"{self.skipped[0][1]}). Move the folder away to start over.")
+    return target, None
+
+  def _quarantine(self, steps: Sequence[int]) -> None:
+    """Moves damaged step folders out of orbax's sight (process 0; others wait)."""
+    dest = self.directory.parent / f"{self.directory.name}_damaged"
+    if jax.process_index() == 0:
+      dest.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        target = dest / str(step)
+        n = 1
+        while target.exists():
+          target, n = dest / f"{step}.{n}", n + 1
+        shutil.move(str(self.directory / str(step)), str(target))
+        logging.warning("Moved the damaged checkpoint step %d to %s.", step, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("gmseg_checkpoint_quarantine")
+    self._mgr.reload()
 
   def restore_meta(self, step: Optional[int] = None) -> dict:
     """Restores only the JSON `meta` item at `step` (default: latest)."""
@@ -184,7 +371,7 @@ class Checkpointer:
 
 def restore_subtree(directory, path: Sequence[Any] = ("seg_params",),
                     step: Optional[int] = None,
-                    device: Optional[jax.Device] = None) -> PyTree:
+                    device: Optional[jax.Device] = None, verify: bool = True) -> PyTree:
   """Restores one sub-pytree of a saved state onto one device, without a target.
 
   For notebooks: `restore_subtree(ckpt_dir, ("seg_params",))` gives the
@@ -196,19 +383,29 @@ def restore_subtree(directory, path: Sequence[Any] = ("seg_params",),
       integer positions inside tuples (optax states), e.g. ("opt_state", 0).
     step: default latest.
     device: default `jax.devices()[0]`.
+    verify: check the subtree's checksums and finiteness.
+  Raises:
+    CheckpointDamagedError when the step does not read or fails the checks
+    (no fallback: the caller asked for this step).
   """
   directory = pathlib.Path(directory).absolute()
   mgr = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(create=False),
       item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                     "meta": ocp.JsonCheckpointHandler()})
+                     "meta": ocp.JsonCheckpointHandler(),
+                     "checksums": ocp.JsonCheckpointHandler()})
   steps = sorted(mgr.all_steps())
   if not steps:
     raise FileNotFoundError(f"No complete checkpoint in {directory}.")
   step = steps[-1] if step is None else int(step)
   if step not in steps:
     raise FileNotFoundError(f"Step {step} is not in {directory}; available: {steps}.")
-  tree = mgr.metadata(step).item_metadata["state"].tree
+  try:
+    tree = mgr.metadata(step).item_metadata["state"].tree
+  except Exception as e:  # a missing or truncated metadata file
+    raise CheckpointDamagedError(f"Checkpoint step {step} in {directory} does not read "
+                                 f"completely (metadata: {_short(e)}); evaluate another "
+                                 f"step (saved: {steps}).") from e
   sub = tree
   for i, key in enumerate(path):
     try:
@@ -227,10 +424,22 @@ def restore_subtree(directory, path: Sequence[Any] = ("seg_params",),
     return jax.ShapeDtypeStruct(meta.shape, np.dtype(meta.dtype), sharding=sharding)
 
   item = jax.tree_util.tree_map_with_path(leaf_target, tree)
-  restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item))))
-  mgr.close()
+  try:
+    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item))))
+    expected = _saved_checksums(mgr, step) if verify else None
+  except Exception as e:  # orbax/tensorstore raise many types for broken files
+    raise CheckpointDamagedError(f"Checkpoint step {step} in {directory} does not read "
+                                 f"completely ({_short(e)}); evaluate another step "
+                                 f"(saved: {steps}).") from e
+  finally:
+    mgr.close()
   out = restored.state
   for key in path:
     out = out[key]
+  if verify:
+    problem = find_damage(out, expected, prefix="/".join(str(k) for k in path))
+    if problem:
+      raise CheckpointDamagedError(f"Checkpoint step {step} in {directory} is damaged: "
+                                   f"{problem}; evaluate another step (saved: {steps}).")
   return out

@@ -194,3 +194,133 @@ def test_kill_during_save_keeps_latest_complete(tmp_path):
   ckpt.wait()
   assert ckpt.all_steps() == [1, 2]
   assert not [p for p in directory.iterdir() if "tmp" in p.name]
+
+
+# ------------------------------------------------------------ damaged steps
+
+
+def _data_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+  """The OCDBT data files of a step's state, largest first.
+
+  After a save, orbax merges each process's files into `state/d/` and reads
+  only those (measured: truncating `state/ocdbt.process_0/d/*` changes nothing).
+  """
+  files = [p for p in (step_dir / "state" / "d").iterdir() if p.is_file()]
+  assert files, sorted(step_dir.rglob("*"))
+  return sorted(files, key=lambda p: -p.stat().st_size)
+
+
+def _three_steps(directory):
+  ckpt = checkpoint.Checkpointer(directory, keep=3)
+  states = {s: make_state(seed=s) for s in (1, 2, 3)}
+  for s, st in states.items():
+    ckpt.save(s, st, meta={"step": s})
+  ckpt.wait()
+  ckpt.close()
+  return states
+
+
+def _fallback(directory, log_check):
+  """Resumes over a damaged step 3: step 2 comes back, step 3 is moved aside."""
+  states = {s: make_state(seed=s) for s in (1, 2, 3)}
+  ckpt = checkpoint.Checkpointer(directory, keep=3)
+  with log_check() as records:
+    state, meta = ckpt.maybe_restore(make_state(seed=9))
+  assert meta == {"step": 2}
+  assert_same(state, states[2])
+  assert [s for s, _ in ckpt.skipped] == [3]
+  text = "\n".join(records)
+  assert "Skipping checkpoint step 3" in text and "instead of 3" in text, text
+  # Moved out of orbax's sight, so the resumed run saves step 3 again.
+  assert ckpt.all_steps() == [1, 2]
+  assert (directory.parent / f"{directory.name}_damaged" / "3").is_dir()
+  assert ckpt.save(3, states[3], meta={"step": 3})
+  ckpt.wait()
+  again, _ = ckpt.restore(make_state(seed=9))
+  assert_same(again, states[3])
+  ckpt.close()
+  return ckpt.skipped[0][1]
+
+
+@pytest.fixture
+def warnings_seen(monkeypatch):
+  import contextlib
+  from absl import logging as absl_logging
+
+  @contextlib.contextmanager
+  def capture():
+    seen = []
+    monkeypatch.setattr(absl_logging, "warning", lambda msg, *a: seen.append(msg % a))
+    yield seen
+  return capture
+
+
+def test_truncated_latest_falls_back(tmp_path, warnings_seen):
+  directory = tmp_path / "ckpt"
+  _three_steps(directory)
+  victim = _data_files(directory / "3")[0]
+  victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+  why = _fallback(directory, warnings_seen)
+  assert "does not read completely" in why or "checksum" in why, why
+  # Evaluation of an explicitly requested damaged step fails loudly.
+  victim2 = _data_files(directory / "2")[0]
+  victim2.write_bytes(victim2.read_bytes()[:10])
+  with pytest.raises(checkpoint.CheckpointDamagedError, match="step 2 .*evaluate another step"):
+    for sub in (("seg_params",), ("ann_params",), ("opt_state",), ("ann_opt_state",)):
+      checkpoint.restore_subtree(directory, sub, step=2)
+
+
+def test_deleted_file_in_latest_falls_back(tmp_path, warnings_seen):
+  directory = tmp_path / "ckpt"
+  _three_steps(directory)
+  for f in _data_files(directory / "3"):
+    f.unlink()
+  why = _fallback(directory, warnings_seen)
+  assert "does not read completely" in why, why
+
+
+def test_bit_flipped_latest_falls_back(tmp_path, warnings_seen):
+  directory = tmp_path / "ckpt"
+  _three_steps(directory)
+  rng = np.random.default_rng(0)
+  for f in _data_files(directory / "3"):
+    data = bytearray(f.read_bytes())
+    # Flip bits in the middle of each file (array bytes, not the file header).
+    for i in rng.integers(len(data) // 4, 3 * len(data) // 4, size=40):
+      data[i] ^= 0xFF
+    f.write_bytes(bytes(data))
+  why = _fallback(directory, warnings_seen)
+  assert "checksum mismatch" in why or "does not read completely" in why, why
+
+
+def test_nonfinite_step_is_damaged_and_subtree_read_fails(tmp_path):
+  # A NaN written by the run itself: checksums match, finiteness does not.
+  state = make_state()
+  bad = state.replace(opt_state=jax.tree.map(lambda x: x * jnp.nan if x.dtype.kind == "f"
+                                             else x, state.opt_state))
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(1, state)
+  ckpt.save(2, bad)
+  ckpt.wait()
+  restored, _ = ckpt.maybe_restore(make_state(seed=1), quarantine=False)
+  assert_same(restored, state)
+  assert ckpt.skipped[0][0] == 2 and "non-finite values in opt_state" in ckpt.skipped[0][1]
+  with pytest.raises(checkpoint.CheckpointDamagedError, match="non-finite values in opt_state"):
+    checkpoint.restore_subtree(tmp_path, ("opt_state",), step=2)
+  seg = checkpoint.restore_subtree(tmp_path, ("seg_params",), step=2)  # this part is sound
+  assert_same(seg, state.seg_params)
+  ckpt.close()
+
+
+def test_structure_change_is_not_damage(tmp_path):
+  state = make_state()
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(1, state)
+  ckpt.wait()
+  wider = state.replace(seg_params={"conv": {"kernel": jnp.zeros((3, 3, 2, 8)),
+                                             "bias": jnp.zeros((8,))}})
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"seg_params/conv/bias saved \(4,\) vs requested \(8,\)"):
+    ckpt.maybe_restore(wider)
+  assert ckpt.all_steps() == [1]  # nothing moved
+  ckpt.close()
