@@ -121,3 +121,89 @@ def test_download_path_from_local_http_server(tmp_path, monkeypatch):
     server.shutdown()
   assert [x["id"] for x in train] == ["1", "2"]
   assert len(common.read_split(builder, "test", data_dir)) == 1
+
+
+# ---------------------------------------------------------------- multipose01 (V3)
+
+POSES = ("-90", "-75", "-60", "-45", "-30", "-15", "0", "+15", "+30", "+45", "+60", "+75", "+90")
+TEST_POSES_WITH_MASKS = ("0", "-30", "+30", "-60", "+60", "+90")  # as the repository's Test_labels
+
+
+def _fake_v3(root, with_test=True):
+  """A V3 folder with the public repository's layout, from the shared V3 faces.
+
+  Train: one face per pose in `Train_RGB/<pose>/`, masks in `Train_labels/`
+  (lower-case l). Test: one image per pose in `Test_RGB/<pose>/`, masks only
+  for the poses the repository labels, and +30's mask wider than its image
+  (as `+30/personne15248+0+30`: image 366, mask 373 at full size).
+  """
+  src = shared_path("data", "fasseg", "V3")
+  for pose in POSES:
+    face = sorted((src / "Train_RGB" / pose).glob("*.bmp"))[0].name
+    splits = [("Train", True), ("Test", pose in TEST_POSES_WITH_MASKS)] if with_test else [
+        ("Train", True)]
+    for split, has_mask in splits:
+      (root / "V3" / f"{split}_RGB" / pose).mkdir(parents=True, exist_ok=True)
+      shutil.copy(src / "Train_RGB" / pose / face, root / "V3" / f"{split}_RGB" / pose / face)
+      if has_mask:
+        (root / "V3" / f"{split}_labels" / pose).mkdir(parents=True, exist_ok=True)
+        mask = Image.open(src / "Train_labels" / pose / face)
+        if split == "Test" and pose == "+30":
+          w, h = mask.size
+          mask = mask.resize((w + 4, h), Image.Resampling.NEAREST)
+        mask.save(root / "V3" / f"{split}_labels" / pose / face)
+  return root
+
+
+def _build_v3(manual, data_dir):
+  builder = fasseg.Fasseg(config="multipose01", data_dir=str(data_dir), file_format="array_record")
+  return common.prepare(builder, data_dir, manual_dir=manual)
+
+
+def test_multipose_real_layout_skips_and_reports(tmp_path, caplog):
+  manual = _fake_v3(tmp_path / "m")
+  with caplog.at_level("WARNING"):
+    builder = _build_v3(manual, tmp_path / "d")
+  train = common.read_split(builder, "train", tmp_path / "d")
+  test = common.read_split(builder, "test", tmp_path / "d")
+  assert len(train) == 13 and sorted({x["id"].split("/")[0] for x in train}) == sorted(POSES)
+  # 13 test images: 7 without a mask, +30's mask of another width: 5 examples.
+  assert sorted(x["id"].split("/")[0] for x in test) == sorted(set(TEST_POSES_WITH_MASKS) - {"+30"})
+  for ex in train + test:
+    assert ex["label"].shape == ex["image"].shape[:2] and ex["label"].max() <= 5
+  report = fasseg.skipped_report(builder, "test")
+  assert (report["images"], report["examples"]) == (13, 5)
+  assert (report["skipped_without_mask"], report["skipped_size_mismatch"]) == (7, 1)
+  bad = report["size_mismatch"][0]
+  assert bad["id"].startswith("+30/") and bad["mask_wh"][0] == bad["image_wh"][0] + 4
+  assert fasseg.skipped_report(builder, "train")["examples"] == 13
+  assert any("skipped" in r.getMessage() and bad["id"] in r.getMessage() for r in caplog.records)
+
+
+def test_multipose_without_test_folders_builds_train_and_explains_test(tmp_path):
+  builder = _build_v3(_fake_v3(tmp_path / "m", with_test=False), tmp_path / "d")
+  assert len(common.read_split(builder, "train", tmp_path / "d")) == 13
+  with pytest.raises(ValueError, match=r"no split 'test'.*no V3/Test_RGB.*train split only"):
+    common.read_split(builder, "test", tmp_path / "d")
+
+
+def test_frontal_stays_strict_about_missing_masks(tmp_path):
+  manual = _copy_v2(tmp_path / "m")
+  (manual / "V2" / "Train_Labels" / "2.bmp").unlink()
+  with pytest.raises(FileNotFoundError, match=r"mask for image 2\.bmp is missing"):
+    _build(manual, tmp_path / "d")
+
+
+def test_shared_multipose_train_split(tmp_path):
+  """The real V3 copy in ../shared: 182 faces, 14 per pose, about 180-335 x 256."""
+  data_dir = tmp_path / "d"
+  builder = _build_v3(shared_path("data", "fasseg"), data_dir)
+  train = common.read_split(builder, "train", data_dir)
+  assert len(train) == 182
+  poses = [x["id"].split("/")[0] for x in train]
+  assert sorted(set(poses)) == sorted(POSES) and all(poses.count(p) == 14 for p in POSES)
+  heights = [x["image"].shape[0] for x in train]
+  assert 250 <= min(heights) and max(heights) <= 256
+  frac = np.mean([np.bincount(x["label"].ravel(), minlength=6) / x["label"].size for x in train], 0)
+  assert frac[3] > 0.001 and frac[2] > 0.1  # eyes present on average, skin dominant
+  assert fasseg.skipped_report(builder, "train")["skipped_without_mask"] == 0

@@ -224,7 +224,10 @@ def read_split(builder_or_name, split: str, data_dir: os.PathLike | str, *,
   """
   builder = prepare(builder_or_name, data_dir, manual_dir=manual_dir)
   if split not in builder.info.splits:
-    raise ValueError(f"{builder.name}: no split {split!r}; it has {sorted(builder.info.splits)}.")
+    # Builders of partial datasets (FASSEG multipose01) say why a split is absent.
+    hint = getattr(builder, "split_hint", lambda _: "")(split)
+    raise ValueError(f"{builder.name}: no split {split!r}; it has {sorted(builder.info.splits)}"
+                     + (f": {hint}." if hint else "."))
   source = builder.as_data_source(split=split)
   ids = [(_text(source[i]["id"]), i) for i in range(len(source))]
   ids.sort(key=lambda x: _id_key(x[0]))
