@@ -5,7 +5,9 @@ The labelled set is *rendered*: CGPart renders of four ShapeNet cars
 (`train` split; all renders by default: ids are sorted by model, so the first
 N would all be minivans). Real CGPart car images are the validation and test
 set (`test` split). StyleGAN2 car generator (psi 0.7, cutoff 8) whose 4:3
-content is cropped from the square canvas ('wide_crop') to 192x256;
+content is cropped from the square canvas ('wide_crop') and stretched to
+256x256 like the renders, so both sets share one shape (the paper gives
+256x192 for CGPart);
 DeepLabv3-ResNet101 matched on its head (or seg=unet, all parameters);
 150k iterations.
 
@@ -72,7 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.transform = "resize"
   c.data.data_dir = arg.data_dir
   c.data.manual_dir = arg.manual_dir
-  c.gen_transform = "wide_crop"       # 512 canvas -> centre 384 rows -> 192x256
+  # 512 canvas -> centre 384 rows -> 256x256, the shape of the stretched renders.
+  c.gen_transform = "wide_crop"
 
   c.segmenter.arch = arg.seg
   c.segmenter.depth = 101

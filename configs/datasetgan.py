@@ -22,7 +22,8 @@ Annotator learning:
 
 A real run needs `gen_path=` the StyleGAN2 snapshot of the domain (.pkl, or a
 directory from launch/convert_stylegan2.py): car 512x512 (4:3 content),
-cat 256x256, face 512x512; with seg=deeplab also `pretrained=` an ImageNet
+cat 256x256, face 512x512 (generated cars: the centre 4:3 rows, stretched
+to 512x512 like the labelled cars); with seg=deeplab also `pretrained=` an ImageNet
 torchvision ResNet-101 .pth, e.g.
 
   python launch/annotate.py \
@@ -93,7 +94,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.transform = "resize"
   c.data.data_dir = arg.data_dir
   c.data.manual_dir = arg.manual_dir
-  # Cars: the 512x512 canvas holds 4:3 content; keep its centre 384 rows.
+  # Cars: the 512x512 canvas holds 4:3 content; keep its centre 384 rows and
+  # stretch them back to a square, as the labelled car images are stored (the
+  # paper's car config), so both sets have the same shape and aspect.
   c.gen_transform = gen_transform
 
   c.segmenter.arch = arg.seg

@@ -64,20 +64,36 @@ def annotator(config) -> nn.Module:
                                  num_layers=a.num_layers, norm=a.norm)
 
 
+GEN_RESIZES = ("nearest", "bilinear")
+
+
 def gen_transform(config) -> Optional[state_lib.PairTransform]:
-  """Joint (image, soft label) transform between G+A and S."""
+  """Joint (image, soft label) transform between G+A and S.
+
+  `config.gen_transform`: 'none'; 'resize' (to R x R, R = data.resolution);
+  'wide_crop' (cars: the centre 3/4 rows of the square canvas, its 4:3
+  content, then to R x R like the labelled car images, which are stretched to
+  squares, as the paper's car config does). `config.gen_resize`: 'nearest'
+  (the paper's code, for images and soft labels alike; torch's nearest, see
+  layers.resize_nearest) or 'bilinear' (half-pixel centres, antialiased when
+  shrinking; smoother images and labels, not the paper's).
+  """
   kind, res = config.gen_transform, config.data.resolution
+  # Configs saved before the key existed resized bilinearly.
+  how = config.get("gen_resize", "bilinear")
+  if how not in GEN_RESIZES:
+    raise ValueError(f"Unknown gen_resize {how!r}; use one of {GEN_RESIZES}.")
+  resize = layers.resize_nearest if how == "nearest" else layers.resize_to
   if kind == "none":
     return None
   if kind == "resize":
-    return lambda x, p: (layers.resize_to(x, (res, res)), layers.resize_to(p, (res, res)))
+    return lambda x, p: (resize(x, (res, res)), resize(p, (res, res)))
   if kind == "wide_crop":
     def wide(x, p):
       h = x.shape[1]
       rows, top = (3 * h) // 4, (h - (3 * h) // 4) // 2
-      size = ((3 * res) // 4, res)
-      return (layers.resize_to(x[:, top:top + rows], size),
-              layers.resize_to(p[:, top:top + rows], size))
+      return (resize(x[:, top:top + rows], (res, res)),
+              resize(p[:, top:top + rows], (res, res)))
     return wide
   raise ValueError(f"Unknown gen_transform {kind!r}; use none, resize or wide_crop.")
 

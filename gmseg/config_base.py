@@ -38,8 +38,12 @@ def get_base() -> ml_collections.ConfigDict:
   })
 
   # Joint transform of generated (image, soft label) before S: 'none',
-  # 'resize' (to data.resolution) or 'wide_crop' (centre 3/4 rows, cars).
+  # 'resize' (to data.resolution) or 'wide_crop' (cars: centre 3/4 rows, then
+  # to data.resolution square, like the stretched labelled car images).
   c.gen_transform = "resize"
+  # How gen_transform resizes images and soft labels: 'nearest' (the paper's
+  # code, torch's nearest) | 'bilinear' (antialiased when shrinking; ours before).
+  c.gen_resize = "nearest"
 
   c.annotator = ml_collections.ConfigDict({
       "tmp_channels": 128,     # FPN width (paper: 128)

@@ -169,7 +169,8 @@ def _settings(config, annotator_steps) -> dict:
   return {"num_images": int(d.num_images), "filter": d.filter,
           "min_confidence": float(d.min_confidence), "keep_fraction": float(d.keep_fraction),
           "seed": int(config.seed), "annotator_steps": [int(s) for s in annotator_steps],
-          "gen_transform": config.gen_transform, "resolution": int(config.data.resolution)}
+          "gen_transform": config.gen_transform, "resolution": int(config.data.resolution),
+          "gen_resize": config.get("gen_resize", "bilinear")}
 
 
 def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathlib.Path:

@@ -6,6 +6,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -209,8 +210,8 @@ def test_paper_annotator_on_stylegan2_256_features():
 
 
 @pytest.mark.parametrize("name,arg,side,shape", [
-    ("datasetgan", "obj=car", 512, (1, 384, 512)),
-    ("cgpart", None, 512, (1, 192, 256)),
+    ("datasetgan", "obj=car", 512, (1, 512, 512)),
+    ("cgpart", None, 512, (1, 256, 256)),
     ("datasetgan", "obj=cat", 256, (1, 256, 256)),
     ("celeba", None, 256, (1, 256, 256)),
 ])
@@ -221,6 +222,27 @@ def test_gen_transform_shapes(name, arg, side, shape):
   p = jax.ShapeDtypeStruct((1, side, side, len(c.class_names)), jnp.float32)
   xs, ps = jax.eval_shape(fn, x, p)
   assert xs.shape == shape + (3,) and ps.shape == shape + (len(c.class_names),)
+
+
+# (config, argument, generator side, a labelled image's stored [h, w]).
+@pytest.mark.parametrize("name,arg,side,stored", [
+    ("datasetgan", "obj=car", 512, (512, 512)),   # 4:3 content stretched to a square
+    ("datasetgan", "obj=cat", 256, (256, 256)),
+    ("datasetgan", "obj=face", 512, (512, 512)),
+    ("cgpart", None, 512, (480, 640)),            # renders at native size
+    ("celeba", None, 256, (1024, 1024)),
+    ("pascal", "obj=horse", 256, (211, 211)),
+])
+def test_generated_and_labelled_shapes_agree(name, arg, side, stored):
+  # What S sees from G (after gen_transform) has the labelled images' shape.
+  c = get(name, arg)
+  x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+  p = jax.ShapeDtypeStruct((1, side, side, len(c.class_names)), jnp.float32)
+  fn = build.gen_transform(c)
+  xs, _ = jax.eval_shape(fn, x, p) if fn else (x, p)
+  image, label = pipeline._fit(np.zeros(stored + (3,), np.uint8), np.zeros(stored, np.uint8),
+                               c.data.resolution, c.data.transform)
+  assert xs.shape[1:3] == label.shape == image.shape[:2]
 
 
 def test_faces_method_on_real_dcgan():

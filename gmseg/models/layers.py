@@ -49,6 +49,29 @@ def resize_to(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
   return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), "bilinear")
 
 
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+  """Source index of each output row/column for torch's default ('nearest')
+  `F.interpolate`: min(floor(i * float32(size_in / size_out)), size_in - 1),
+  computed in float32 as torch does (the top-left sample of each block when
+  shrinking by an integer factor, not the centre)."""
+  if size_in == size_out:
+    return np.arange(size_out)
+  scale = np.float32(size_in) / np.float32(size_out)
+  idx = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
+  return np.minimum(idx, size_in - 1)
+
+
+def resize_nearest(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+  """Nearest-neighbour resize of `[B, h, w, C]` to `[B, *hw, C]` as the
+  paper's code does for generated images and soft labels (torch 'nearest',
+  see `nearest_indices`; jax.image.resize's 'nearest' samples pixel centres
+  instead, so it picks other pixels). A no-op when the size already matches."""
+  if tuple(x.shape[1:3]) == tuple(hw):
+    return x
+  x = jnp.take(x, jnp.asarray(nearest_indices(x.shape[1], hw[0])), axis=1)
+  return jnp.take(x, jnp.asarray(nearest_indices(x.shape[2], hw[1])), axis=2)
+
+
 def _align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
   """`[size_out, size_in]` linear-interpolation weights with the corner pixels
   aligned: output i samples input position i * (size_in - 1) / (size_out - 1)."""
