@@ -21,7 +21,7 @@ import pathlib
 
 from absl import app, flags
 
-from gmseg import benchmark, faces
+from gmseg.experiments import benchmark, faces
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Benchmark folder (runs and reports).")
 CONFIG_FILE = flags.DEFINE_string("config_file", str(benchmark.DEFAULT_CONFIG),

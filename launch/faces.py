@@ -12,7 +12,7 @@ where the grids are. Rerunning the same command resumes.
 from absl import app, flags
 from ml_collections import config_flags
 
-from gmseg import faces
+from gmseg.experiments import faces
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/faces.py:num=2",
                                          "Experiment config file.", lock_config=True)

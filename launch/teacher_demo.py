@@ -4,11 +4,11 @@ r"""Teacher recovery demo: LAGM recovers a known random annotator from k=4 label
 
 Prints, every --eval_every steps, the agreement (mIoU) with the teacher on
 fresh samples of the learnt annotator, the LAGM segmenter and a segmenter
-trained on the 4 labelled samples alone (gmseg/teacher_demo.py).
+trained on the 4 labelled samples alone (gmseg/experiments/teacher_demo.py).
 """
 from absl import app, flags
 
-from gmseg import teacher_demo
+from gmseg.experiments import teacher_demo
 
 STEPS = flags.DEFINE_integer("steps", 300, "A/S iterations (= supervised updates).")
 EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Evaluation interval.")

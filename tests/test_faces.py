@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from conftest import shared_path
-from gmseg import faces
+from gmseg.experiments import faces
 from gmseg.metric_writers import read_jsonl
 
 _CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"

@@ -1,4 +1,4 @@
-"""Teacher recovery: the method working, not only running (gmseg.teacher_demo).
+"""Teacher recovery: the method working, not only running (gmseg.experiments.teacher_demo).
 
 A learner that sees k=4 teacher-labelled samples must recover the teacher's
 labelling on fresh samples far above its initial agreement, and beat a
@@ -14,7 +14,7 @@ float rounding changes the (chaotic) trajectory.
 """
 import numpy as np
 
-from gmseg import teacher_demo
+from gmseg.experiments import teacher_demo
 
 
 def test_teacher_recovery_beats_supervised():

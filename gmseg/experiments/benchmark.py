@@ -1,6 +1,6 @@
 """Benchmark of the faces job: FG-mIoU against k, and the cost of one step.
 
-`sweep(...)` runs `gmseg.faces.run` (LAGM and the baselines) for every
+`sweep(...)` runs `gmseg.experiments.faces.run` (LAGM and the baselines) for every
 (k labelled faces, seed) in `<workdir>/k{k}_s{seed}`, skipping runs that
 already wrote results.json, and aggregates FG-mIoU (mean +- population std
 over seeds, x100) per method and k into `benchmark.md`, `benchmark.json` and
@@ -33,9 +33,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from gmseg import faces
+from gmseg.experiments import faces
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "faces.py"
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "faces.py"
 KS = (1, 2, 5, 10, 20)
 SEEDS = (0, 1, 2)
 PLOT = "fg_miou_vs_k.png"
