@@ -121,7 +121,10 @@ def method(config, gen: generators.Generator, devices: int = 1) -> state_lib.Met
   return dataclasses.replace(
       probe, matched=matched, metric=m.metric, row_reduction=m.row_reduction,
       tensor_reduction=m.tensor_reduction, vectors=m.vectors,
-      syn_batch=b.synthetic // devices, seg_batch=b.segmenter // devices)
+      syn_batch=b.synthetic // devices, seg_batch=b.segmenter // devices,
+      # .get: configs saved before these keys existed normalised per example.
+      grad_path=m.get("grad_path", "batch"), seg_bn=m.get("seg_bn", "per_example"),
+      ann_step_seg_stats=config.train.get("ann_step_seg_stats", "frozen"))
 
 
 def _tx(o):

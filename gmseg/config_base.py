@@ -72,6 +72,13 @@ def get_base() -> ml_collections.ConfigDict:
       "row_reduction": "mean",
       "tensor_reduction": "mean",
       "vectors": "zero",       # 1-D tensors: zero (paper) | exclude | match
+      # S's mean gradients in the annotator step: 'batch' (one grad of the
+      # batch loss; exact, fast) | 'per_example' (vmap(grad), then the mean).
+      "grad_path": "batch",
+      # S's BatchNorm statistics in the annotator step: 'across_batch' (over
+      # the whole labelled / synthetic batch, per device: the paper's code) |
+      # 'per_example' (each example alone, our earlier rule). GroupNorm: no effect.
+      "seg_bn": "across_batch",
   })
 
   # Optimisers (paper: SGD lr 1e-3 momentum 0.9 for both).
@@ -95,6 +102,10 @@ def get_base() -> ml_collections.ConfigDict:
       "grid_every": 4_000,
       "keep": 3,               # latest checkpoints kept (plus the best)
       "eval_batch": 8,
+      # S's BatchNorm running statistics in the annotator step: 'frozen' (kept;
+      # ours) | 'update' (moved by the labelled then the synthetic pass, as the
+      # paper's code, which runs S in training mode; needs seg_bn=across_batch).
+      "ann_step_seg_stats": "frozen",
   })
 
   # Phase two: synthetic dataset from G + A, then a fresh segmenter.

@@ -1,5 +1,7 @@
 """Segmentation losses: soft cross-entropy (synthetic labels) and hard
 cross-entropy with an ignore index (manual labels)."""
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -20,20 +22,35 @@ def soft_cross_entropy(logits: jax.Array, probs: jax.Array) -> jax.Array:
 
 
 def hard_cross_entropy(logits: jax.Array, labels: jax.Array,
-                       ignore_index: int = IGNORE) -> jax.Array:
+                       ignore_index: int = IGNORE,
+                       count: Optional[jax.Array] = None) -> jax.Array:
   """Mean over labelled pixels of `-log softmax(logits)[label]`.
 
   Pixels equal to `ignore_index` do not count (as torch's CrossEntropyLoss
-  with `ignore_index`); an image with no labelled pixel gives 0.
+  with `ignore_index`): the sum over every labelled pixel of the batch is
+  divided by their number, so an example with more ignored pixels weighs
+  less (the paper's reduction); a batch with no labelled pixel gives 0.
 
   Args:
     logits: `[..., H, W, C]`.
     labels: integer class map `[..., H, W]`.
+    count: what to divide the sum by instead of the number of labelled pixels
+      in `labels`. Parts of a batch (one example, one device's share) pass
+      `labelled_count(whole batch) * part_size / batch_size`, so the mean of
+      the parts' losses (and of their gradients) is the whole batch's loss.
   """
   labels = labels.astype(jnp.int32)
   valid = labels != ignore_index
   safe = jnp.where(valid, labels, 0)
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-  count = jnp.sum(valid)
-  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(count, 1)
+  total = jnp.sum(jnp.where(valid, nll, 0.0))
+  if count is None:
+    return total / jnp.maximum(jnp.sum(valid), 1)
+  # A part's share of the count may be fractional; the sum is 0 when it is 0.
+  return total / jnp.where(count > 0, count, 1).astype(total.dtype)
+
+
+def labelled_count(labels: jax.Array, ignore_index: int = IGNORE) -> jax.Array:
+  """Number of pixels of `labels` not equal to `ignore_index` (float32 scalar)."""
+  return jnp.sum(labels != ignore_index).astype(jnp.float32)

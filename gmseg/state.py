@@ -18,6 +18,10 @@ from gmseg import matching
 from gmseg.models.generators import GeneratorFn
 from gmseg.typing import Params, PyTree
 
+GRAD_PATHS = ("batch", "per_example")
+SEG_BN = ("across_batch", "per_example")
+SEG_STATS = ("frozen", "update")
+
 # (images [B,H,W,3], probs [B,H,W,C]) -> the same, resized/cropped jointly.
 PairTransform = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -56,6 +60,15 @@ class Method:
     syn_batch: synthetic samples per device in an annotator step.
     seg_batch: synthetic samples per device in a segmenter step.
     transform: optional joint transform of (images, soft labels) before S.
+    grad_path: how the annotator step takes S's mean gradients: 'batch' (one
+      `jax.grad` of the batch loss; exact, the fast path) or 'per_example'
+      (`vmap(grad)`, then the mean: the explicit primitive).
+    seg_bn: S's BatchNorm in the annotator step: 'across_batch' (statistics
+      over the whole labelled / synthetic batch, the paper's code) or
+      'per_example' (each example normalised alone). No effect on GroupNorm.
+    ann_step_seg_stats: S's BatchNorm running statistics in the annotator
+      step: 'frozen' (kept) or 'update' (moved by the labelled, then the
+      synthetic forward pass, as the paper's code does in training mode).
   """
   gen_fn: GeneratorFn
   z_dim: int
@@ -71,6 +84,22 @@ class Method:
   syn_batch: int = 2
   seg_batch: int = 2
   transform: Optional[PairTransform] = None
+  grad_path: str = "batch"
+  seg_bn: str = "across_batch"
+  ann_step_seg_stats: str = "frozen"
+
+  def __post_init__(self):
+    for name, allowed in (("grad_path", GRAD_PATHS), ("seg_bn", SEG_BN),
+                          ("ann_step_seg_stats", SEG_STATS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"{name}={getattr(self, name)!r}; use one of {allowed}.")
+    if self.ann_step_seg_stats == "update" and (
+        self.seg_bn != "across_batch" or self.grad_path != "batch"):
+      raise ValueError(
+          "ann_step_seg_stats='update' moves S's running statistics by the batch "
+          "statistics of the whole labelled / synthetic batch; it needs "
+          "seg_bn='across_batch' and grad_path='batch' (got seg_bn="
+          f"{self.seg_bn!r}, grad_path={self.grad_path!r}).")
 
 
 def init_variables(module: nn.Module, rng: jax.Array, *inputs) -> tuple[Params, PyTree]:
@@ -111,7 +140,8 @@ def init_state(method: Method, gen_params: Params, seed: int) -> TrainState:
 
 
 def segmenter_state(module: nn.Module, rng: jax.Array, image_shape, tx,
-                    seg_cfg=None) -> TrainState:
+                    load: Optional[Callable[[Params, PyTree], tuple[Params, PyTree]]] = None,
+                    ) -> TrainState:
   """A TrainState holding only a fresh segmenter (annotator fields empty).
 
   The pytree type of phase one, so baselines and phase two checkpoint and
@@ -121,14 +151,14 @@ def segmenter_state(module: nn.Module, rng: jax.Array, image_shape, tx,
     rng: split into the initialisation key and the run's base key.
     image_shape: `(height, width, 3)` of the training images.
     tx: the segmenter's optimiser.
-    seg_cfg: a `config.segmenter`-shaped ConfigDict; its `pretrained` file, if
-      any, is loaded into the backbone (gmseg.build.pretrained_segmenter).
+    load: maps the fresh (params, batch_stats) to the starting ones, e.g. a
+      pretrained backbone: `functools.partial(build.pretrained_segmenter,
+      config.segmenter)` (the caller knows the config; this module does not).
   """
-  from gmseg import build  # build imports this module
   k_init, k_run = jax.random.split(rng)
   params, stats = init_variables(module, k_init, jnp.zeros((1,) + tuple(image_shape)))
-  if seg_cfg is not None:
-    params, stats = build.pretrained_segmenter(seg_cfg, params, stats)
+  if load is not None:
+    params, stats = load(params, stats)
   return TrainState(step=jnp.zeros((), jnp.int32), rng=k_run, ann_params={},
                     ann_stats={}, ann_opt_state=(), seg_params=params,
                     seg_stats=stats, seg_opt_state=tx.init(params))

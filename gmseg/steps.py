@@ -7,13 +7,21 @@ gmseg/parallel.py, which passes `axis_name`). Under an axis name, gradient
 means and metrics go through `lax.pmean`, so the matching loss is that of the
 global batch.
 
-BatchNorm rule (GroupNorm, the default, needs none): in the annotator step
-the segmenter runs in training mode on each example alone (per-example
-gradients are taken per example, so each example is its own batch) and its
-running statistics are not updated; the annotator uses batch statistics and
-updates its running ones. In the segmenter step the segmenter uses batch
-statistics of the synthetic batch and updates its running ones; the annotator
-uses its running ones. Evaluation uses running statistics.
+BatchNorm (GroupNorm, the default, needs none of this): in the annotator
+step S runs in training mode; `method.seg_bn` says over what its statistics
+are taken: 'across_batch' (the whole labelled, then the whole synthetic
+batch: the paper's code) or 'per_example' (each example alone). Its running
+statistics stay ('frozen', default) or move with both passes ('update', as
+the paper's code), `method.ann_step_seg_stats`. The annotator uses batch
+statistics and updates its running ones. In the segmenter step S uses batch
+statistics of the synthetic batch and updates its running ones; the
+annotator uses its running ones. Evaluation uses running statistics.
+
+Mean gradients over a batch (`method.grad_path`): 'batch' differentiates the
+batch loss once (the mean of per-example gradients, exactly, because every
+loss here is a mean over examples: the hard cross-entropy divides by the
+batch's labelled-pixel count); 'per_example' takes `vmap(grad)` and the
+mean, materialising B copies of the matched gradients.
 """
 from typing import Optional
 
@@ -109,50 +117,113 @@ def _with_transform(method: Method, images, probs):
   return method.transform(images, probs)
 
 
+def _segmenter_forward(method: Method, params, stats, images, rng):
+  """S in training mode on `images` `[B, H, W, 3]` as the annotator step sees
+  them; returns (logits `[B, H, W, C]`, new batch_stats).
+
+  seg_bn='across_batch': one batch (BatchNorm statistics over all of it).
+  seg_bn='per_example': every example alone (vmapped batch of one, its own
+  dropout key), exactly as the per-example gradient path runs it.
+  """
+  if method.seg_bn == "across_batch":
+    return apply_model(method.segmenter, params, stats, images, train=True, rng=rng)
+
+  def one(image, key):
+    logits, new = apply_model(method.segmenter, params, stats, image[None],
+                              train=True, rng=key)
+    return logits[0], new
+
+  keys = jax.random.split(rng, images.shape[0])
+  logits, _ = jax.vmap(one)(images, keys)
+  # Per-example running statistics have no single update: keep the old ones
+  # (Method forbids ann_step_seg_stats='update' here).
+  return logits, stats
+
+
 def _segmenter_grads(method: Method, state: TrainState, loss_fn, images,
                      targets, rng, axis_name):
-  """Mean over the (global) batch of per-example gradients of S's loss with
-  respect to the matched parameters; differentiable in `targets`."""
+  """Mean over the (global) batch of the gradient of S's loss with respect to
+  the matched parameters; differentiable in `targets`.
+
+  `loss_fn(logits [b, H, W, C], targets [b, ...])` must be a mean over the
+  examples it is given (any b), so that the mean of per-example gradients is
+  the gradient of the batch loss. grad_path='batch' takes that one gradient
+  (exact whenever S normalises each example alone, or with seg_bn=
+  'across_batch' where the batch loss is the definition); 'per_example'
+  takes `vmap(grad)` and averages (the method's explicit primitive; S then
+  sees each example alone).
+
+  Returns:
+    (flat dict path -> gradient, S's batch_stats after the forward pass).
+  """
   seg_matched, seg_rest = matching.split(state.seg_params, method.matched)
+  if method.grad_path == "batch":
+    def batch_loss(matched):
+      logits, stats = _segmenter_forward(method, matching.merge(matched, seg_rest),
+                                         state.seg_stats, images, rng)
+      return loss_fn(logits, targets), stats
 
-  def example_loss(matched, image, target, key):
-    params = matching.merge(matched, seg_rest)
-    # Each example alone: per-example statistics for BatchNorm (see above).
-    logits, _ = apply_model(method.segmenter, params, state.seg_stats,
-                            image[None], train=True, rng=key)
-    return loss_fn(logits, target[None])
+    g, stats = jax.grad(batch_loss, has_aux=True)(seg_matched)
+  else:
+    if state.seg_stats and method.seg_bn != "per_example":
+      raise ValueError(
+          "matching.grad_path='per_example' normalises every example alone, but "
+          "matching.seg_bn='across_batch' asks for BatchNorm statistics over the "
+          "batch: set matching.seg_bn='per_example' or matching.grad_path='batch'.")
 
-  rngs = jax.random.split(rng, images.shape[0])
-  g = matching.per_example_grads(example_loss, seg_matched, images, targets, rngs)
-  return _pmean(jax.tree.map(lambda x: jnp.mean(x, axis=0), g), axis_name)
+    def example_loss(matched, image, target, key):
+      params = matching.merge(matched, seg_rest)
+      logits, _ = apply_model(method.segmenter, params, state.seg_stats,
+                              image[None], train=True, rng=key)
+      return loss_fn(logits, target[None])
+
+    rngs = jax.random.split(rng, images.shape[0])
+    g = matching.per_example_grads(example_loss, seg_matched, images, targets, rngs)
+    g = jax.tree.map(lambda x: jnp.mean(x, axis=0), g)
+    stats = state.seg_stats
+  return _pmean(g, axis_name), stats
+
+
+def _labelled_grads(state: TrainState, batch: dict, method: Method, axis_name):
+  """(detached target gradient, S's batch_stats after the labelled pass)."""
+  _, local = _step_keys(state, _ANN, 4, axis_name)
+  labels = batch["label"]
+  # The paper's reduction: the mean over every labelled pixel of the (global)
+  # batch. Any part of it (an example, a device's share) divides its pixel
+  # sum by its share of the global count, so the parts' mean is that mean.
+  per_example = _pmean(losses.labelled_count(labels), axis_name) / labels.shape[0]
+  loss_fn = lambda logits, y: losses.hard_cross_entropy(
+      logits, y, count=per_example * y.shape[0])
+  g, stats = _segmenter_grads(method, state, loss_fn, batch["image"], labels,
+                              local[0], axis_name)
+  return lax.stop_gradient(g), stats
 
 
 def labelled_grads(state: TrainState, batch: dict, *, method: Method,
                    axis_name: Optional[str] = None) -> dict:
-  """The target gradient: mean per-example gradient of hard cross-entropy on
-  the labelled batch, over the matched parameters (detached).
+  """The target gradient: gradient of the hard cross-entropy of S on the
+  labelled batch (mean over its labelled pixels), over the matched
+  parameters (detached).
 
   Returns:
     flat dict path -> gradient, shaped like the matched parameters.
   """
-  _, local = _step_keys(state, _ANN, 4, axis_name)
-  g = _segmenter_grads(method, state, losses.hard_cross_entropy,
-                       batch["image"], batch["label"], local[0], axis_name)
-  return lax.stop_gradient(g)
+  return _labelled_grads(state, batch, method, axis_name)[0]
 
 
 def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
                   method: Method, axis_name: Optional[str] = None):
   """Gradient-matching loss of the annotator at the current segmenter.
 
-  z -> G -> (images, features) -> A -> soft labels -> per-example grads of S's
-  soft cross-entropy -> mean -> distance to `g_real`.
+  z -> G -> (images, features) -> A -> soft labels -> mean gradient of S's
+  soft cross-entropy over the batch -> distance to `g_real`.
 
   Args:
     ann_params: annotator parameters (the variable differentiated).
     g_real: the target gradient from `labelled_grads`.
   Returns:
-    (distance, (new annotator batch_stats, synthetic gradient)).
+    (distance, (new annotator batch_stats, synthetic gradient, S's
+    batch_stats after the synthetic pass)).
   """
   shared, local = _step_keys(state, _ANN, 4, axis_name)
   z = sample_latents(shared[1], method.syn_batch, method.z_dim, axis_name)
@@ -160,12 +231,12 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
   logits, ann_stats = annotate(method, ann_params, state.ann_stats, feats,
                                images.shape[1:3], train=True)
   x, p = _with_transform(method, images, jax.nn.softmax(logits, axis=-1))
-  g_syn = _segmenter_grads(method, state, losses.soft_cross_entropy, x, p,
-                           local[3], axis_name)
+  g_syn, seg_stats = _segmenter_grads(method, state, losses.soft_cross_entropy,
+                                      x, p, local[3], axis_name)
   dist = matching.matching_distance(
       g_syn, g_real, method.metric, method.row_reduction,
       method.tensor_reduction, method.vectors)
-  return dist, (ann_stats, g_syn)
+  return dist, (ann_stats, g_syn, seg_stats)
 
 
 def annotator_step(state: TrainState, batch: dict, gen_params, *,
@@ -182,9 +253,12 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   Returns:
     (new state, metrics dict of scalars).
   """
-  g_real = labelled_grads(state, batch, method=method, axis_name=axis_name)
-  (dist, (ann_stats, g_syn)), grads = jax.value_and_grad(
-      matching_loss, has_aux=True)(state.ann_params, state, g_real, gen_params,
+  g_real, seg_stats = _labelled_grads(state, batch, method, axis_name)
+  # With ann_step_seg_stats='update' the synthetic pass starts from the
+  # statistics the labelled pass left (the paper's order); else nothing moves.
+  seen = state.replace(seg_stats=seg_stats) if method.ann_step_seg_stats == "update" else state
+  (dist, (ann_stats, g_syn, seg_stats)), grads = jax.value_and_grad(
+      matching_loss, has_aux=True)(state.ann_params, seen, g_real, gen_params,
                                    method=method, axis_name=axis_name)
   params, opt_state, metrics = _apply_grads(
       grads, state.ann_params, state.ann_opt_state, method.ann_tx, axis_name, "ann")
@@ -195,7 +269,28 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   })
   state = state.replace(ann_params=params, ann_opt_state=opt_state,
                         ann_stats=_pmean(ann_stats, axis_name))
+  if method.ann_step_seg_stats == "update":
+    state = state.replace(seg_stats=_pmean(seg_stats, axis_name))
   return state, _pmean(metrics, axis_name)
+
+
+def iteration_step(state: TrainState, batch: dict, gen_params, *,
+                   method: Method, axis_name: Optional[str] = None):
+  """One loop iteration as one program: `annotator_step`, then
+  `segmenter_step` (which increments `state.step`).
+
+  Exactly the two steps in turn (same keys, same latents); one dispatch and
+  one set of donated buffers instead of two. The generator runs once per
+  step: one call over both latent batches would draw StyleGAN's per-call
+  noise for the joint batch, i.e. different samples.
+
+  Returns:
+    (new state, the metrics of both steps).
+  """
+  state, m_ann = annotator_step(state, batch, gen_params, method=method,
+                                axis_name=axis_name)
+  state, m_seg = segmenter_step(state, gen_params, method=method, axis_name=axis_name)
+  return state, {**m_ann, **m_seg}
 
 
 def segmenter_step(state: TrainState, gen_params, *, method: Method,

@@ -4,6 +4,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gmseg import matching, steps
 from gmseg import state as state_lib
@@ -113,3 +114,103 @@ def test_nonfinite_gradients_are_counted_and_cleaned():
   bad = s.replace(seg_params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.inf), s.seg_params))
   s2, metrics = jax.jit(functools.partial(steps.supervised_step, method=m))(bad, batch)
   assert float(metrics["sup/nonfinite"]) > 0
+
+
+def _with(m, **kw):
+  return state_lib.Method(**{**m.__dict__, **kw})
+
+
+def _hand_labelled_grads(m, s, batch):
+  """The paper's target gradient written out: S in training mode on the whole
+  batch (BatchNorm statistics over it), hard CE averaged over every labelled
+  pixel of the batch, gradient over the matched parameters."""
+  def loss(params):
+    variables = {"params": params}
+    if s.seg_stats:
+      variables["batch_stats"] = s.seg_stats
+    out = m.segmenter.apply(variables, batch["image"], train=True,
+                            mutable=["batch_stats"])[0]
+    logp = jax.nn.log_softmax(out, axis=-1)
+    valid = batch["label"] != 255
+    nll = -jnp.take_along_axis(logp, jnp.where(valid, batch["label"], 0)[..., None], -1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)
+  flat = matching.flatten(jax.grad(loss)(s.seg_params))
+  return {k: flat[k] for k in m.matched}
+
+
+def _rel(a: dict, b: dict) -> float:
+  """max |a - b| / max |b| over all tensors (float32 noise is ~1e-7 of the
+  largest entry; a per-tensor ratio would divide the noise of gradients that
+  are 0 in exact arithmetic, e.g. a conv bias before GroupNorm, by ~0)."""
+  top = max(float(jnp.max(jnp.abs(v))) for v in b.values())
+  return max(float(jnp.max(jnp.abs(a[k] - b[k]))) for k in b) / top
+
+
+def test_batch_path_equals_mean_of_per_example_grads():
+  """GroupNorm: the one-grad batch path and the vmap(grad) path give the same
+  target gradient, synthetic gradient and annotator gradient; both are the
+  whole batch's pixel-mean CE gradient (example 0 has 64 ignored pixels,
+  example 1 none, so a mean of per-example means would differ)."""
+  m, s, gen_params, batch = _method()
+  out = {}
+  for path in ("batch", "per_example"):
+    mp = _with(m, grad_path=path)
+    g_real = jax.jit(functools.partial(steps.labelled_grads, method=mp))(s, batch)
+    fn = lambda p: steps.matching_loss(p, s, g_real, gen_params, method=mp)
+    (dist, (_, g_syn, _)), g_ann = jax.jit(jax.value_and_grad(fn, has_aux=True))(s.ann_params)
+    out[path] = (g_real, g_syn, matching.flatten(g_ann), dist)
+  (r_b, s_b, a_b, d_b), (r_p, s_p, a_p, d_p) = out["batch"], out["per_example"]
+  assert _rel(r_b, r_p) < 1e-5 and _rel(s_b, s_p) < 1e-5 and _rel(a_b, a_p) < 1e-5
+  np.testing.assert_allclose(float(d_b), float(d_p), rtol=1e-5)
+  hand = _hand_labelled_grads(m, s, batch)
+  assert _rel(r_b, hand) < 1e-5 and _rel(r_p, hand) < 1e-5
+
+
+def test_batchnorm_across_batch_is_the_paper_and_differs_per_example():
+  m, s, gen_params, batch = _method(norm="batch")
+  across = jax.jit(functools.partial(steps.labelled_grads, method=m))(s, batch)
+  assert m.seg_bn == "across_batch"
+  assert _rel(across, _hand_labelled_grads(m, s, batch)) < 1e-5
+  per_ex = {}
+  for path in ("batch", "per_example"):
+    mp = _with(m, seg_bn="per_example", grad_path=path)
+    per_ex[path] = jax.jit(functools.partial(steps.labelled_grads, method=mp))(s, batch)
+  # The per-example rule: the batch path (forward per example) equals vmap(grad).
+  assert _rel(per_ex["batch"], per_ex["per_example"]) < 1e-5
+  assert _rel(per_ex["batch"], across) > 0.1  # batch 2: the two rules differ
+  with pytest.raises(ValueError, match="seg_bn='per_example'"):
+    steps.labelled_grads(s, batch, method=_with(m, grad_path="per_example"))
+
+
+def test_annotator_step_can_update_segmenter_statistics():
+  """ann_step_seg_stats='update': S's running statistics move by the labelled
+  pass, then the synthetic pass (the paper's code), as hand-computed."""
+  m, s, gen_params, batch = _method(norm="batch")
+  mu = _with(m, ann_step_seg_stats="update")
+  s1, _ = jax.jit(functools.partial(steps.annotator_step, method=mu))(s, batch, gen_params)
+  apply = lambda stats, x: m.segmenter.apply(
+      {"params": s.seg_params, "batch_stats": stats}, x, train=True,
+      mutable=["batch_stats"])[1]["batch_stats"]
+  shared, local = steps._step_keys(s, steps._ANN, 4, None)
+  z = steps.sample_latents(shared[1], m.syn_batch, m.z_dim, None)
+  images, _ = m.gen_fn(gen_params, z, local[2])
+  want = apply(apply(s.seg_stats, batch["image"]), images)
+  for a, b, old in zip(jax.tree.leaves(s1.seg_stats), jax.tree.leaves(want),
+                       jax.tree.leaves(s.seg_stats)):
+    assert not np.allclose(a, old)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="needs seg_bn='across_batch'"):
+    _with(mu, seg_bn="per_example")
+
+
+def test_iteration_step_is_annotator_then_segmenter_step():
+  m, s, gen_params, batch = _method()
+  a_step = jax.jit(functools.partial(steps.annotator_step, method=m))
+  s_step = jax.jit(functools.partial(steps.segmenter_step, method=m))
+  it = jax.jit(functools.partial(steps.iteration_step, method=m))
+  s_sep, m_a = a_step(s, batch, gen_params)
+  s_sep, m_s = s_step(s_sep, gen_params)
+  s_one, m_one = it(s, batch, gen_params)
+  assert set(m_one) == set(m_a) | set(m_s) and int(s_one.step) == 1
+  for a, b in zip(jax.tree.leaves(s_one), jax.tree.leaves(s_sep)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

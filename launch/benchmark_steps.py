@@ -1,0 +1,42 @@
+r"""Cost of the method's steps, side by side in one process (issue 10's table).
+
+  nice -n 15 .venv/bin/python launch/benchmark_steps.py --preset=b
+  nice -n 15 .venv/bin/python launch/benchmark_steps.py --preset=a --json
+  .venv/bin/python launch/benchmark_steps.py --preset=c --reps=2 \
+      --override=matching.grad_path=per_example
+
+Compiles, then times the annotator step, segmenter step, supervised step (same
+segmenter and batch) and one whole iteration; prints a markdown table row (or,
+with --json, one JSON object: annotator_s, segmenter_s, supervised_s,
+iteration_s, a_over_sup, s_over_sup, compile_s, peak_rss_mb, ...). Presets a,
+b, c, faces: see gmseg/experiments/step_timing.py. Run one preset per process
+so that peak_rss_mb is that preset's.
+"""
+import json
+
+from absl import app, flags
+
+from gmseg import compile_cache
+from gmseg.experiments import step_timing
+
+PRESET = flags.DEFINE_enum("preset", "b", list(step_timing.PRESETS), "Setup to time.")
+REPS = flags.DEFINE_integer("reps", 5, "Timed interleaved rounds (medians reported).")
+JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+OVERRIDE = flags.DEFINE_multi_string(
+    "override", [], "Config override key=value (repeatable), e.g. segmenter.norm=batch.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+  compile_cache.enable()
+  result = step_timing.run_preset(PRESET.value, REPS.value, OVERRIDE.value)
+  if JSON.value:
+    print(json.dumps(result))
+  else:
+    print(step_timing.TABLE_HEADER)
+    print(step_timing.markdown_row(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
