@@ -54,6 +54,7 @@ from gmseg import progress as progress_lib
 from gmseg import state as state_lib
 from gmseg import steps
 from gmseg import viz
+from gmseg import workdir as workdir_lib
 from gmseg.data import pipeline
 
 BEST_KEY = "fg_miou"
@@ -77,8 +78,7 @@ def labelled_arrays(config) -> dict[str, np.ndarray]:
 
 
 def val_arrays(config) -> dict[str, np.ndarray]:
-  d = config.data
-  arrays = build.eval_arrays(config, d.val_split, limit=d.num_val)
+  arrays = build.val_arrays(config)
   return {"image": arrays["image"], "label": arrays["label"]}
 
 
@@ -151,6 +151,12 @@ def _better(value: float, best: Optional[dict]) -> bool:
 def train_and_evaluate(config, workdir) -> dict[str, Any]:
   """Trains annotator and segmenter; evaluates, checkpoints, resumes.
 
+  The run holds `workdir` exclusively (gmseg.workdir: another run on it stops
+  at once). On resume the checkpoint's config is compared with `config`
+  before anything heavy happens: changes to the state or its meaning stop
+  with one message, harmless ones are warned about and recorded in
+  config_history.jsonl (config.json stays the config of the run's start).
+
   Args:
     config: a ConfigDict with the keys of gmseg.config_base.
     workdir: run directory (created; an existing checkpoint is resumed).
@@ -159,7 +165,45 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
      'best': the best validation scores (with their 'step'), 'table': text}.
     Scores hold pacc, miou, fg_miou (floats) and iou (per-class list).
   """
-  workdir = pathlib.Path(workdir)
+  with workdir_lib.hold(workdir):
+    return _train_and_evaluate(config, pathlib.Path(workdir))
+
+
+def _saved_config(ckpt: checkpoint.Checkpointer) -> tuple[Optional[int], Optional[dict]]:
+  """(latest step, its config) read from the JSON meta alone; (None, None) for a new run.
+
+  A damaged latest step is left to `maybe_restore`: the newest readable meta is used.
+  """
+  for step in reversed(ckpt.all_steps()):
+    try:
+      return step, ckpt.restore_meta(step).get("config")
+    except Exception:  # pylint: disable=broad-except  (damaged: maybe_restore reports it)
+      continue
+  return None, None
+
+
+def check_resume(config, ckpt: checkpoint.Checkpointer, workdir) -> None:
+  """Stops a resume that cannot continue, before any heavy setup.
+
+  Raises:
+    workdir.ConfigChangeError: the config changes the state (widths, norm,
+      optimiser, classes, matched parameters, batches, seed, ...), or
+      train.steps is below the checkpoint's step.
+  """
+  step, saved = _saved_config(ckpt)
+  if step is None:
+    return
+  if step > config.train.steps:
+    raise workdir_lib.ConfigChangeError(
+        f"The run in {workdir} is already at step {step}, past train.steps="
+        f"{config.train.steps}: nothing to train. Evaluate a saved step (launch/evaluate.py "
+        f"--workdir={workdir} --step=...; saved: {ckpt.all_steps()}), raise train.steps, "
+        "or use a new --workdir.")
+  workdir_lib.check_resume(workdir, saved, config, step,
+                           harmless=workdir_lib.ANNOTATE_HARMLESS, warn=False)
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
   tc = config.train
   is_main = jax.process_index() == 0
   num_classes = build.num_classes(config)
@@ -167,6 +211,12 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
               "ckpt_every", "grid_every"):
     if tc[key] < 1:
       raise ValueError(f"train.{key}={tc[key]} must be >= 1.")
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=tc.keep, best_key=BEST_KEY)
+  try:
+    check_resume(config, ckpt, workdir)
+  except BaseException:
+    ckpt.close()
+    raise
 
   gen = build.generator(config)
   # Per-device batches: the global batch over every device of every process.
@@ -186,19 +236,19 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   seg_params, seg_stats = build.pretrained_segmenter(config.segmenter, state.seg_params,
                                                      state.seg_stats)
   state = state.replace(seg_params=seg_params, seg_stats=seg_stats)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=tc.keep, best_key=BEST_KEY)
   state, meta = ckpt.maybe_restore(state)
   best = (meta or {}).get("best")
   start = int(state.step)
   if is_main:
-    metric_writers.write_config(workdir, config)
+    saved_config = (meta or {}).get("config")
+    changes = workdir_lib.check_resume(workdir, saved_config, config, start,
+                                       harmless=workdir_lib.ANNOTATE_HARMLESS)
+    workdir_lib.record_config(workdir, config, resumed_step=start if meta else None,
+                              changes=changes, saved_config=saved_config)
     logging.info("%s at step %d of %d in %s.", "Resuming" if meta else "Starting",
                  start, tc.steps, workdir)
-    changed = _config_changes((meta or {}).get("config"), config)
-    if changed:
-      logging.warning("Resuming with a config that differs from the checkpoint's "
-                      "(saved -> now): %s", "; ".join(changed))
-  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+  # One history: rows (and TensorBoard events) after the restored step are dropped.
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main, resume_step=start)
   progress = progress_lib.Progress(tc.steps, start_step=start, log=is_main)
 
   p_ann, p_seg, _ = parallel.pmap_steps(method)
@@ -292,24 +342,6 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
 
   table = _table(final, best, config.class_names)
   return {"step": step, "final": final, "best": best, "table": table}
-
-
-def _config_changes(saved: Optional[dict], config) -> list[str]:
-  """`key: saved -> now` for every leaf that differs (none when saved is None)."""
-  if saved is None:
-    return []
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      if isinstance(v, dict):
-        out.update(flat(v, f"{prefix}{k}."))
-      else:
-        out[f"{prefix}{k}"] = v
-    return out
-  a = flat(saved)
-  b = flat(metric_writers.to_jsonable(config.to_dict()))
-  return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-          if a.get(k) != b.get(k)]
 
 
 def _table(final: dict, best: Optional[dict], class_names) -> str:

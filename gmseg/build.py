@@ -142,10 +142,16 @@ def split_arrays(config, split: str, limit: int = 0,
   `[N, R, R, 3]` in [-1, 1], `label` uint8 `[N, R, R]`."""
   from gmseg.data import pipeline  # lazy: pulls tfds
   d = config.data
-  return pipeline.load_split(dataset or d.dataset, split, resolution=d.resolution,
-                             data_dir=data_dir(config),
-                             manual_dir=d.manual_dir or None,
-                             limit=limit or None, transform=d.transform)
+  from gmseg.data import common  # pylint: disable=g-import-not-at-top
+  arrays = pipeline.load_split(dataset or d.dataset, split, resolution=d.resolution,
+                               data_dir=data_dir(config),
+                               manual_dir=d.manual_dir or None,
+                               limit=limit or None, transform=d.transform)
+  # Ids beyond config.class_names would be skipped by evaluation: stop at load time.
+  common.check_label_range(arrays["label"], arrays["id"], num_classes(config),
+                           f"{dataset or d.dataset} split {split!r} (data_dir "
+                           f"{data_dir(config)})", config.class_names)
+  return arrays
 
 
 def eval_dataset(config) -> str:

@@ -54,6 +54,7 @@ from gmseg import restore
 from gmseg import state as state_lib
 from gmseg import steps
 from gmseg import viz
+from gmseg import workdir as workdir_lib
 from gmseg.data import synthetic
 
 FILTERS = ("none", "confidence", "ensemble")
@@ -367,12 +368,20 @@ def train(config, workdir) -> dict:
   state = init_state(config, source[0]["image"].shape, tx)
 
   ckpt = checkpoint.Checkpointer(out / "checkpoints", keep=KEEP_SNAPSHOTS, best_key="fg_miou")
+  # Compared before restoring: a changed segmenter or optimiser stops here.
+  saved_step, saved_config = _saved_config(ckpt)
+  changes = workdir_lib.check_resume(out, saved_config, config, saved_step or 0,
+                                     blocking=workdir_lib.DOWNSTREAM_BLOCKING,
+                                     what="downstream training")
   state, meta = ckpt.maybe_restore(state)
   start_epoch = int(meta["epoch"]) if meta else 0
   is_main = jax.process_index() == 0
-  writer = metric_writers.MetricWriter(out, enabled=is_main)
-  if is_main and start_epoch == 0:
-    metric_writers.write_config(out, config)
+  # One history: rows after the restored epoch's last step are dropped.
+  writer = metric_writers.MetricWriter(out, enabled=is_main,
+                                       resume_step=start_epoch * steps_per_epoch)
+  if is_main:
+    workdir_lib.record_config(out, config, resumed_step=start_epoch if meta else None,
+                              changes=changes, saved_config=saved_config)
   sets = _eval_sets(config)
   n_classes = build.num_classes(config)
   log_every = max(1, int(config.train.log_every))
@@ -420,7 +429,22 @@ def train(config, workdir) -> dict:
               dataset_size=n, best_epoch=best_epoch)
 
 
+def _saved_config(ckpt: checkpoint.Checkpointer):
+  """(latest readable step, its config), or (None, None) before the first epoch."""
+  for step in reversed(ckpt.all_steps()):
+    try:
+      return step, ckpt.restore_meta(step).get("config")
+    except Exception:  # pylint: disable=broad-except  (damaged: maybe_restore reports it)
+      continue
+  return None, None
+
+
 def run(config, workdir, annotator_step: Union[str, int] = "best") -> dict:
-  """Phase two end to end: `generate` (or reuse) then `train`."""
-  generate(config, workdir, annotator_step)
-  return train(config, workdir)
+  """Phase two end to end: `generate` (or reuse) then `train`.
+
+  Holds `workdir` exclusively (gmseg.workdir), as phase one does: phase two
+  reads phase one's checkpoints, which a concurrent run would change.
+  """
+  with workdir_lib.hold(workdir):
+    generate(config, workdir, annotator_step)
+    return train(config, workdir)

@@ -3,7 +3,10 @@
 `metrics.jsonl` holds one JSON object per line:
   {"step": 100, "time": 1712345678.9, "prefix": "train", "loss": 0.41, ...}
 so a run can be read back without TensorBoard (`read_jsonl`). A resumed run
-appends; readers that want one value per step keep the last line per step.
+passes `resume_step` (the restored checkpoint's step): rows of later steps,
+written after that checkpoint by the run that died, are dropped from the file
+before it appends, so the file holds one history; TensorBoard gets
+`purge_step=resume_step + 1`, which hides the dead run's later events.
 TensorBoard event files come from tensorboardX, imported lazily; without it
 the writer warns once and keeps writing JSONL. Only process 0 should write:
 pass `enabled=jax.process_index() == 0`.
@@ -51,9 +54,13 @@ class MetricWriter:
     workdir: run directory (created when missing).
     enabled: False on non-zero processes: every call becomes a no-op.
     tensorboard: also write TensorBoard events into `workdir`.
+    resume_step: the step the run (re)starts from: existing rows with a
+      larger step are removed (`truncate_after`) and TensorBoard purges its
+      events from `resume_step + 1` on. None: append to what is there.
   """
 
-  def __init__(self, workdir, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir, enabled: bool = True, tensorboard: bool = True,
+               resume_step: Optional[int] = None):
     self.enabled = enabled
     self.workdir = pathlib.Path(workdir)
     self.path = self.workdir / "metrics.jsonl"
@@ -61,6 +68,11 @@ class MetricWriter:
     if not enabled:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
+    if resume_step is not None:
+      dropped = truncate_after(self.path, resume_step)
+      if dropped:
+        logging.info("Dropped %d rows after step %d from %s (written after the last "
+                     "checkpoint by an interrupted run).", dropped, resume_step, self.path)
     self._file = open(self.path, "a", encoding="utf-8")
     if self.path.stat().st_size and not _ends_with_newline(self.path):
       self._file.write("\n")  # a run killed mid-line: start the next record cleanly
@@ -74,7 +86,9 @@ class MetricWriter:
                           "only (pip install tensorboardX for TensorBoard).")
           _warned_no_tensorboard = True
       else:
-        self._tb = tensorboardX.SummaryWriter(logdir=str(self.workdir), flush_secs=30)
+        purge = None if resume_step is None else int(resume_step) + 1
+        self._tb = tensorboardX.SummaryWriter(logdir=str(self.workdir), flush_secs=30,
+                                              purge_step=purge)
 
   def write_scalars(self, step: int, metrics: dict, prefix: str = "") -> None:
     """Writes one JSONL line and one TB scalar per metric.
@@ -132,6 +146,33 @@ def _ends_with_newline(path: pathlib.Path) -> bool:
   with open(path, "rb") as f:
     f.seek(-1, 2)
     return f.read(1) == b"\n"
+
+
+def truncate_after(path, step: int) -> int:
+  """Removes the rows of `metrics.jsonl` with a step above `step` (and torn lines).
+
+  Rewrites the file through a temporary one, so a kill leaves either version.
+  Returns the number of lines removed.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return 0
+  kept, dropped = [], 0
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      record = json.loads(line)
+      keep = int(record.get("step", 0)) <= step
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+      keep = False
+    if keep:
+      kept.append(line)
+    else:
+      dropped += bool(line.strip())
+  if dropped:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+  return dropped
 
 
 def read_jsonl(path, prefix: Optional[str] = None) -> list[dict]:

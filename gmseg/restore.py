@@ -26,19 +26,28 @@ import numpy as np
 
 from gmseg import build
 from gmseg import checkpoint
+from gmseg import errors
 from gmseg import evaluate
 from gmseg import steps
+from gmseg import workdir as workdir_lib
 from gmseg.metric_writers import to_jsonable
 
 WHICH = ("annotate", "downstream")
+
+
+class MissingRunError(errors.UserError, FileNotFoundError):
+  """The workdir has no checkpoints of the phase asked for."""
 Step = Union[str, int]
 
 
-def load_config(workdir, which: str = "annotate") -> ml_collections.ConfigDict:
+def load_config(workdir, which: str = "annotate",
+                step: Optional[int] = None) -> ml_collections.ConfigDict:
   """The run's config from `<workdir>/config.json` (lists come back as lists).
 
   With which='downstream', `<workdir>/downstream/config.json` (the config the
-  downstream segmenter was trained with) when it exists.
+  downstream segmenter was trained with) when it exists. config.json is the
+  config a run started with; with `step`, the changes resumes made up to that
+  step (config_history.jsonl, gmseg.workdir) are applied.
   """
   path = pathlib.Path(workdir) / "config.json"
   if which == "downstream" and (pathlib.Path(workdir) / "downstream" / "config.json").is_file():
@@ -46,7 +55,10 @@ def load_config(workdir, which: str = "annotate") -> ml_collections.ConfigDict:
   if not path.is_file():
     raise FileNotFoundError(f"{path} is missing: {workdir} is not a gmseg run directory "
                             "(the training programs write config.json there first).")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = json.loads(path.read_text())
+  if step is not None:
+    config = workdir_lib.config_at(path.parent, int(step), config)
+  return ml_collections.ConfigDict(config)
 
 
 def checkpoint_dir(workdir, which: str = "annotate") -> pathlib.Path:
@@ -65,8 +77,10 @@ def resolve_step(directory, step: Step = "best", best_key: str = "fg_miou") -> i
   """
   directory = pathlib.Path(directory)
   if not directory.is_dir():
-    raise FileNotFoundError(f"No checkpoint directory {directory}: train first (or check "
-                            "--which: annotate or downstream).")
+    phase = ("phase two (launch/downstream.py)" if directory.parent.name == "downstream"
+             else "phase one (launch/annotate.py)")
+    raise MissingRunError(f"No checkpoint directory {directory}: run {phase} with this "
+                          "--workdir first, or check the --workdir path.")
   ckpt = checkpoint.Checkpointer(directory, best_key=best_key, async_save=False)
   try:
     steps_saved = ckpt.all_steps()
@@ -143,9 +157,9 @@ def restore_segmenter(workdir, which: str = "annotate", step: Step = "best",
   Returns:
     (module, params, batch_stats or {}).
   """
-  config = load_config(workdir, which) if config is None else config
   directory = checkpoint_dir(workdir, which)
   step = resolve_step(directory, step)
+  config = load_config(workdir, which, step) if config is None else config
   params = checkpoint.restore_subtree(directory, ("seg_params",), step=step, device=device)
   stats = restore_stats(directory, ("seg_stats",), step, device)
   return segmenter_module(config, which), params, stats
@@ -180,9 +194,9 @@ def evaluate_checkpoint(workdir, split: str = "test", which: str = "annotate",
     JSON-serialisable dict: pacc, miou, fg_miou, iou [C], confusion [C, C],
     class_names, which, step, split, num_images.
   """
-  config = load_config(workdir, which) if config is None else config
   directory = checkpoint_dir(workdir, which)
   step = resolve_step(directory, step)
+  config = load_config(workdir, which, step) if config is None else config
   module, params, stats = restore_segmenter(workdir, which, step, config)
   images, labels = _labelled(config, split, limit)
   fn = predict_fn(module)

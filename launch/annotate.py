@@ -14,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from gmseg import annotate
+from gmseg import cli
 from gmseg import parallel
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -41,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

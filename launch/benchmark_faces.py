@@ -21,6 +21,8 @@ import pathlib
 
 from absl import app, flags
 
+from gmseg import cli
+from gmseg import workdir
 from gmseg.experiments import benchmark, faces
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Benchmark folder (runs and reports).")
@@ -56,6 +58,7 @@ def _ints(name, values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+  workdir.check(WORKDIR.value)  # before the datasets and models load
   ks, seeds = _ints("ks", KS.value), _ints("seeds", SEEDS.value)
   common = dict(steps=STEPS.value, downstream_images=DOWNSTREAM_IMAGES.value,
                 downstream_epochs=DOWNSTREAM_EPOCHS.value, overrides=OVERRIDE.value,
@@ -74,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -22,7 +22,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     arch = stylegan2_pkl.convert_pkl(args.pkl, args.out, args.network)
-  except (stylegan2_pkl.StyleGAN2PklError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:
+    # StyleGAN2PklError (a ValueError) for the pickle itself; ValueError from
+    # the architecture (e.g. 'resnet') or the state dict (names, shapes, a
+    # resample filter other than [1,3,3,1]); OSError for the files.
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"Wrote {stylegan2_pkl.describe_arch(arch)} to {args.out}")

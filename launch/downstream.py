@@ -12,6 +12,7 @@ set and resumes training from the latest epoch.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gmseg import cli
 from gmseg import downstream
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -33,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,6 +15,7 @@ import os
 
 from absl import app, flags
 
+from gmseg import cli
 from gmseg import evaluate
 from gmseg import restore
 
@@ -62,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

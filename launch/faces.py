@@ -12,6 +12,8 @@ where the grids are. Rerunning the same command resumes.
 from absl import app, flags
 from ml_collections import config_flags
 
+from gmseg import cli
+from gmseg import workdir
 from gmseg.experiments import faces
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/faces.py:num=2",
@@ -27,6 +29,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+  workdir.check(WORKDIR.value)  # before the datasets and models load
   config = CONFIG.value
   if MANUAL_DIR.value:
     config.data.manual_dir = MANUAL_DIR.value
@@ -40,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,6 +15,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from gmseg import cli
 from gmseg import viz
 from gmseg.models import generators
 
@@ -91,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -6,8 +6,9 @@ Prints, every --eval_every steps, the agreement (mIoU) with the teacher on
 fresh samples of the learnt annotator, the LAGM segmenter and a segmenter
 trained on the 4 labelled samples alone (gmseg/experiments/teacher_demo.py).
 """
-from absl import app, flags
+from absl import flags
 
+from gmseg import cli
 from gmseg.experiments import teacher_demo
 
 STEPS = flags.DEFINE_integer("steps", 300, "A/S iterations (= supervised updates).")
@@ -27,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -159,6 +159,9 @@ def test_kill_and_resume_is_bitwise(full_run, runs):
   code, log, _ = runs["restart"]
   assert code == 0, log[-5000:]
   assert "Resuming at step" in log
+  # metrics.jsonl holds one history (rows after the restored step were dropped).
+  assert [r["step"] for r in metric_writers.read_jsonl(workdir, prefix="train")] == [5, 10, 15, 20]
+  assert [r["step"] for r in metric_writers.read_jsonl(workdir, prefix="val")] == [10, 20]
 
   expected = _final_state(full_run[0])
   resumed = _final_state(workdir)
@@ -263,14 +266,115 @@ def test_two_processes(full_run, env):
 
 def test_resume_config_changes_are_listed():
   import importlib.util
-  from gmseg import annotate
+  from gmseg import workdir as workdir_lib
   spec = importlib.util.spec_from_file_location("tiny", REPO / "configs" / "tiny.py")
   tiny = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tiny)
   saved = metric_writers.to_jsonable(tiny.get_config().to_dict())
-  assert annotate._config_changes(saved, tiny.get_config()) == []
-  assert annotate._config_changes(None, tiny.get_config()) == []
-  assert annotate._config_changes(saved, tiny.get_config("steps=30,seed=2")) == [
-      "seed: 0 -> 2", "train.steps: 20 -> 30"]
+  assert workdir_lib.config_changes(saved, tiny.get_config()) == {}
+  assert workdir_lib.config_changes(None, tiny.get_config()) == {}
+  changes = workdir_lib.config_changes(saved, tiny.get_config("steps=30,seed=2"))
+  assert workdir_lib.format_changes(changes) == "seed: 0 -> 2; train.steps: 20 -> 30"
   with pytest.raises(ValueError, match="Unknown config argument 'stpes'"):
     tiny.get_config("stpes=3")
+
+
+# ------------------------------------------------- resuming a finished run's copy
+
+
+def _copy_run(src, dst):
+  import shutil
+  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("run.lock"))
+  return dst
+
+
+@pytest.fixture(scope="module")
+def resumes(full_run, env):
+  """Copies of the uninterrupted run resumed with other configs or damage.
+
+  width:   segmenter widths changed -> stops before restoring, one message.
+  past:    train.steps=10 below the checkpoint's 20 -> says the run is past it.
+  history: harmless changes (learning rate, eval cadence) at the final step.
+  damaged: checkpoint 20's largest data file truncated -> resumes from 15,
+           reruns steps 16-20 and must end bitwise equal to the uninterrupted run.
+  """
+  root, e = env
+  src = full_run[0]
+  cases = {
+      "width": ["--config.segmenter.widths=(16, 16, 16, 32, 32)"],
+      "past": [],
+      "history": ["--config.ann_optim.lr=0.002", "--config.train.eval_every=5"],
+      "damaged": [],
+  }
+  work = {k: _copy_run(src, root / f"resume_{k}") for k in cases}
+  data = sorted((work["damaged"] / "checkpoints" / str(STEPS) / "state" / "d").iterdir(),
+                key=lambda p: -p.stat().st_size)[0]
+  data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+  procs = {}
+  for k, extra in cases.items():
+    cmd = _command(work[k], *extra)
+    if k == "past":
+      cmd[2] = "--config=configs/tiny.py:steps=10"
+    log = open(root / f"resume_{k}.log", "w")
+    procs[k] = (_popen(cmd, e, log), log, time.monotonic())
+  out = {}
+  for k, (proc, log, start) in procs.items():
+    code, text = _finish(proc, log.name)
+    log.close()
+    out[k] = (code, text, work[k], time.monotonic() - start)
+  return out
+
+
+def _error_lines(log):
+  return [line for line in log.splitlines() if line.startswith("error:")]
+
+
+def test_resume_with_changed_width_stops_before_restoring(full_run, resumes):
+  code, log, workdir, _ = resumes["width"]
+  assert code == 1, log[-3000:]
+  errors = _error_lines(log)
+  assert len(errors) == 1, log[-3000:]
+  assert ("segmenter.widths: [8, 16, 16, 32, 32] -> [16, 16, 16, 32, 32]" in errors[0]
+          and "new --workdir" in errors[0]), errors
+  assert "Traceback" not in log and "Event loop" not in log
+  assert (workdir / "config.json").read_text() == (full_run[0] / "config.json").read_text()
+  assert not (workdir / "config_history.jsonl").exists()
+
+
+def test_resume_below_the_checkpoint_step_says_so(resumes):
+  code, log, _, _ = resumes["past"]
+  assert code == 1, log[-3000:]
+  errors = _error_lines(log)
+  assert len(errors) == 1 and f"already at step {STEPS}, past train.steps=10" in errors[0], log
+  assert "Resuming at step" not in log
+
+
+def test_resume_history_is_recorded(full_run, resumes):
+  from gmseg import restore
+  code, log, workdir, _ = resumes["history"]
+  assert code == 0, log[-3000:]
+  assert "Resuming with a config that differs" in log and "ann_optim.lr: 0.001 -> 0.002" in log
+  # config.json is the run's start; the history names step, keys, old -> new.
+  assert (workdir / "config.json").read_text() == (full_run[0] / "config.json").read_text()
+  history = [json.loads(line) for line in (workdir / "config_history.jsonl").open()]
+  assert [(h["step"], h["changes"]) for h in history] == [
+      (STEPS, {"ann_optim.lr": [0.001, 0.002], "train.eval_every": [10, 5]})]
+  assert restore.load_config(workdir).ann_optim.lr == 0.001
+  assert restore.load_config(workdir, step=STEPS).ann_optim.lr == 0.002
+  assert restore.load_config(workdir, step=STEPS - 5).train.eval_every == 10
+
+
+def test_damaged_latest_checkpoint_resumes_from_the_previous(full_run, resumes):
+  code, log, workdir, _ = resumes["damaged"]
+  assert code == 0, log[-5000:]
+  assert f"Skipping checkpoint step {STEPS}" in log and "does not read completely" in log, log
+  assert f"Resuming at step {STEPS - 5} of {STEPS}" in log
+  assert (workdir / "checkpoints_damaged" / str(STEPS)).is_dir()
+  # One history in metrics.jsonl: the copied rows after step 15 were dropped.
+  train = metric_writers.read_jsonl(workdir, prefix="train")
+  assert [r["step"] for r in train] == [5, 10, 15, 20]
+  assert [r["step"] for r in metric_writers.read_jsonl(workdir, prefix="val")] == [10, 20]
+  expected, resumed = _final_state(full_run[0]), _final_state(workdir)
+  assert [p for p, _ in resumed] == [p for p, _ in expected]
+  for (path, a), (_, b) in zip(resumed, expected):
+    assert np.array_equal(a, b), path

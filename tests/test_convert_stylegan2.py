@@ -462,3 +462,35 @@ def test_zip_checkpoint_is_refused(tmp_path):
   path.write_bytes(b"PK\x03\x04" + b"\0" * 64)
   with pytest.raises(stylegan2_pkl.StyleGAN2PklError, match="zip"):
     stylegan2_pkl.read_pkl(str(path))
+
+
+def _snapshot_with(tmp_path, architecture="skip", filter_scale=1.0):
+  """tiny32 with another synthesis architecture or resample filter."""
+  data = np.load(shared_path("fixtures", "stylegan2", "sg2_tiny32.npz"))
+  with open(shared_path("fixtures", "stylegan2", "sg2_tiny32.json")) as f:
+    meta = json.load(f)
+  meta["constructor_kwargs"]["synthesis_kwargs"]["architecture"] = architecture
+  sd = collections.OrderedDict(
+      (k[6:], data[k] * (filter_scale if k.endswith("resample_filter") else 1.0))
+      for k in data.files if k.startswith("param/"))
+  nets = {"G_ema": _network(sd, _Tensors(), "Generator", _generator_attrs(meta))}
+  path = tmp_path / f"{architecture}_{filter_scale}.pkl"
+  path.write_bytes(Writer(4).dump(nets))
+  return path
+
+
+@pytest.mark.parametrize("architecture,filter_scale,message", [
+    ("resnet", 1.0, "Only the 'skip' synthesis architecture is implemented"),
+    ("skip", 2.0, "resample_filter is not the normalised [1,3,3,1] filter"),
+])
+def test_cli_unsupported_snapshot_is_one_message(tmp_path, capsys, architecture, filter_scale,
+                                                 message):
+  spec = importlib.util.spec_from_file_location(
+      "convert_stylegan2", REPO / "launch" / "convert_stylegan2.py")
+  cli = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cli)
+  path = _snapshot_with(tmp_path, architecture, filter_scale)
+  assert cli.main(["--pkl", str(path), "--out", str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+  assert not (tmp_path / "out").exists()

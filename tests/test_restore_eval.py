@@ -161,3 +161,49 @@ def test_evaluate_cli_writes_json(run):
   direct = evaluate.evaluate_segmenter(_direct_predict(run, 12), run["test"]["image"],
                                        run["test"]["label"], 6, batch_size=4)
   assert written["miou"] == pytest.approx(direct["miou"])
+
+
+def _damaged_copy(run, tmp_path, step, how):
+  import shutil
+  workdir = tmp_path / "copy"
+  shutil.copytree(run["workdir"], workdir)
+  data = sorted((workdir / "checkpoints" / str(step) / "state" / "d").iterdir(),
+                key=lambda p: -p.stat().st_size)[0]
+  raw = bytearray(data.read_bytes())
+  if how == "truncate":
+    raw = raw[: len(raw) // 2]
+  else:  # flip bytes in the middle of the file (array data)
+    for i in np.random.default_rng(0).integers(len(raw) // 4, 3 * len(raw) // 4, size=400):
+      raw[i] ^= 0xFF
+  data.write_bytes(bytes(raw))
+  return workdir
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_evaluating_a_damaged_step_fails_loudly(run, tmp_path, how):
+  workdir = _damaged_copy(run, tmp_path, 8, how)
+  with pytest.raises(checkpoint.CheckpointDamagedError,
+                     match=r"step 8 .*(does not read completely|checksum mismatch|non-finite)"):
+    restore.evaluate_checkpoint(workdir, which="annotate", step=8, limit=N_TEST)
+  # The other steps still evaluate.
+  assert restore.evaluate_checkpoint(workdir, which="annotate", step=6, limit=2)["step"] == 6
+  # The CLI: one line, exit 1, no traceback.
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "launch" / "evaluate.py"), f"--workdir={workdir}",
+       "--which=annotate", "--step=8", "--limit=2"],
+      capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "Checkpoint step 8" in errors[0], proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+
+
+def test_downstream_without_a_run_names_the_missing_phase(run, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "launch" / "downstream.py"), "--config=configs/tiny.py",
+       f"--workdir={tmp_path / 'empty'}"], capture_output=True, text=True, timeout=300,
+      cwd=REPO)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "run phase one (launch/annotate.py)" in errors[0], proc.stderr
+  assert "--which" not in proc.stderr and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
 """The base class of gmseg's tfds builders."""
+from absl import logging
 import tensorflow_datasets as tfds
 
 
@@ -15,3 +16,12 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   @classmethod
   def code_path(cls):
     return None
+
+  def _log_download_bytes(self) -> None:
+    # tfds prints "Downloading and preparing dataset Unknown size ..." to
+    # stdout: misleading for local builds and noise beside our progress.
+    logging.info("Preparing dataset %s in %s (first use; later runs reuse it).",
+                 self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("Dataset %s is ready in %s.", self.name, self.data_dir)

@@ -25,6 +25,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from gmseg import errors
+
 IGNORE = 255
 FILE_FORMAT = "array_record"
 
@@ -223,6 +225,10 @@ def read_split(builder_or_name, split: str, data_dir: os.PathLike | str, *,
     the first `limit` ids when `limit` is given.
   """
   builder = prepare(builder_or_name, data_dir, manual_dir=manual_dir)
+  class_names = None
+  if isinstance(builder_or_name, str):
+    from gmseg.data import registry  # pylint: disable=g-import-not-at-top
+    class_names = registry.get(builder_or_name).class_names
   if split not in builder.info.splits:
     # Builders of partial datasets (FASSEG multipose01) say why a split is absent.
     hint = getattr(builder, "split_hint", lambda _: "")(split)
@@ -238,7 +244,43 @@ def read_split(builder_or_name, split: str, data_dir: os.PathLike | str, *,
     ex = source[i]
     out.append({"image": np.asarray(ex["image"]), "label": np.asarray(ex["label"])[..., 0],
                 "id": example_id})
+  if class_names is not None:
+    check_label_range([ex["label"] for ex in out], [ex["id"] for ex in out], len(class_names),
+                      f"{builder.name} split {split!r} in {builder.data_dir}", class_names)
   return out
+
+
+class LabelRangeError(errors.UserError, ValueError):
+  """Labels hold class ids the dataset or config does not have."""
+
+
+def check_label_range(labels: Sequence[np.ndarray], ids: Sequence[str], num_classes: int,
+                      where: str, class_names: Sequence[str] | None = None) -> None:
+  """Rejects labels with ids >= `num_classes` other than `IGNORE`, naming the examples.
+
+  Evaluation would skip such pixels silently (they fall outside the confusion
+  matrix) and training would index past the logits, so they stop here.
+
+  Args:
+    labels: `[N, H, W]` array or N `[H, W]` arrays of class ids.
+    ids: the N example ids (the source file's relative path or stem).
+    where: the dataset, split and folder, for the message.
+  """
+  bad = []
+  for example_id, label in zip(ids, labels):
+    label = np.asarray(label)
+    if label.size and int(label.max()) >= num_classes:
+      wrong = np.unique(label[(label >= num_classes) & (label != IGNORE)])
+      if wrong.size:
+        bad.append(f"{_text(example_id)}: {wrong.tolist()}")
+  if bad:
+    names = f" {tuple(class_names)}" if class_names is not None else ""
+    raise LabelRangeError(
+        f"{where}: {len(bad)} example(s) hold label ids outside the {num_classes} classes"
+        f"{names} (0..{num_classes - 1}, and {IGNORE} = ignore): "
+        f"{'; '.join(bad[:5])}{'; ...' if len(bad) > 5 else ''}. Fix those masks (and "
+        "rebuild the dataset: delete its prepared folder) or the class list "
+        "(config.class_names must cover every id the dataset uses).")
 
 
 def _text(value) -> str:

@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 
 from gmseg.data import builder as builder_lib
 from gmseg.data import common
+from gmseg.data import download
 
 CLASS_NAMES = ("background", "hair", "skin", "eyes", "nose", "mouth")
 CLASS_COLOURS = ((255, 0, 0), (127, 0, 0), (255, 255, 0), (0, 0, 255), (0, 255, 255), (0, 255, 0))
@@ -139,13 +140,11 @@ class Fasseg(builder_lib.Builder):
     if manual != download_dir / "manual":
       raise FileNotFoundError(f"FASSEG: manual_dir {manual} does not exist. "
                               + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    try:
-      archive = pathlib.Path(os.fspath(dl_manager.download(ARCHIVE_URL)))
-    except Exception as e:
-      raise RuntimeError(
-          f"FASSEG: downloading {ARCHIVE_URL} failed ({type(e).__name__}: {e}). Offline, "
-          f"download or clone {REPOSITORY} elsewhere and pass the folder holding {folder}/ "
-          "as manual_dir (`--manual_dir /path/to/FASSEG-repository`).") from e
+    # One attempt, short timeout, nothing left behind (tfds retries for minutes).
+    archive = download.fetch(
+        ARCHIVE_URL, download_dir, f"fasseg_{COMMIT[:12]}.zip",
+        hint=(f"FASSEG offline: download or clone {REPOSITORY} elsewhere and pass the folder "
+              f"holding {folder}/ as manual_dir (`--manual_dir /path/to/FASSEG-repository`)."))
     out = download_dir / f"fasseg_{COMMIT[:12]}"
     return extract_folder(archive, folder, out)
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gmseg import errors
 from gmseg.data import common
 
 TRANSFORMS = ("square_crop", "resize", "wide_crop")
@@ -67,6 +68,8 @@ def load_split(name: str, split: str, *, resolution: int, data_dir: os.PathLike 
     raise ValueError(f"unknown transform {transform!r}; choose one of {TRANSFORMS}.")
   try:
     examples = common.read_split(name, split, data_dir, manual_dir=manual_dir, limit=limit)
+  except errors.UserError:
+    raise  # already names the problem and the fix
   except Exception as e:
     if manual_dir is None and _looks_like_network_error(e):
       raise RuntimeError(
