@@ -318,8 +318,9 @@ def init_state(config, image_shape, tx) -> state_lib.TrainState:
   """
   module = restore.segmenter_module(config, "downstream")
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), _LATENT_TAG + 1)
-  return state_lib.segmenter_state(module, rng, image_shape, tx,
-                                   restore.segmenter_config(config, "downstream"))
+  load = functools.partial(build.pretrained_segmenter,
+                           restore.segmenter_config(config, "downstream"))
+  return state_lib.segmenter_state(module, rng, image_shape, tx, load)
 
 
 @functools.lru_cache(maxsize=4)

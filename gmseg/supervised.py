@@ -53,7 +53,8 @@ def train(config, workdir, num_steps: Optional[int] = None,
                     donate_argnums=0)
   state = state_lib.segmenter_state(module, jax.random.PRNGKey(config.seed + _TAG), tx=tx,
                                     image_shape=labelled["image"].shape[1:],
-                                    seg_cfg=config.segmenter)
+                                    load=functools.partial(build.pretrained_segmenter,
+                                                           config.segmenter))
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
   state, meta = ckpt.maybe_restore(state)
   metric_writers.write_config(workdir, config)

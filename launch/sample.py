@@ -8,7 +8,6 @@ With --features each column is one sample, and below the images is one row
 per feature map (mean over channels, min-max scaled per sample, nearest
 upsampled), low to high resolution.
 """
-import importlib
 import inspect
 
 from absl import app, flags
@@ -43,10 +42,7 @@ def _feature_row(feat: np.ndarray, resolution: int) -> np.ndarray:
 
 def _factory_args(name: str) -> set[str]:
   """Parameter names of a registered factory, without building the generator."""
-  if name in generators._LAZY and name not in generators._REGISTRY:
-    importlib.import_module(generators._LAZY[name])  # the registry fills lazily
-  factory = generators._REGISTRY.get(name)
-  return set(inspect.signature(factory).parameters) if factory else set()
+  return set(inspect.signature(generators.factory(name)).parameters)
 
 
 def build_generator(name: str, path: str | None, truncation: float | None):

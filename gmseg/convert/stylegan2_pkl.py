@@ -15,7 +15,8 @@ functions (no code from the file runs, neither torch nor the official code is
 needed), rebuilds the network's state_dict exactly as torch names it, and
 infers the architecture from `_init_kwargs` and the module attributes.
 `convert_pkl` then writes a directory that `gmseg.models.stylegan2.load`
-(registry name 'stylegan2') reads.
+reads. `load` is the registry's 'stylegan2' factory: a `.pkl` or a converted
+directory (the model module knows nothing of pickles).
 """
 import collections
 import io
@@ -26,8 +27,8 @@ from typing import Optional
 
 import numpy as np
 
+from gmseg.models import generators
 from gmseg.models import stylegan2
-from gmseg.models.stylegan2 import load_converted, save_converted  # noqa: F401  (public API)
 
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 _LEGACY_PROTOCOL = 1001
@@ -407,8 +408,21 @@ def convert_pkl(pkl_path: str, out_dir: str, key: str = "G_ema") -> stylegan2.Ar
   """
   sd, arch = read_pkl(pkl_path, key)
   params = stylegan2.params_from_state_dict(sd, arch)
-  save_converted(out_dir, params, arch)
+  stylegan2.save_converted(out_dir, params, arch)
   return arch
+
+
+def load(path: str, truncation_psi: float = 0.7,
+         truncation_cutoff: Optional[int] = None,
+         noise_mode: str = "random") -> generators.Generator:
+  """Registry factory 'stylegan2': an official `.pkl` (its `G_ema`, read
+  without torch) or a directory written by `convert_pkl`."""
+  if not (os.path.isfile(path) and path.endswith(".pkl")):
+    return stylegan2.load(path, truncation_psi, truncation_cutoff, noise_mode)
+  sd, arch = read_pkl(path)
+  params = stylegan2.params_from_state_dict(sd, arch)
+  return stylegan2.make_generator(params, arch, truncation_psi, truncation_cutoff,
+                                  noise_mode, name=f"stylegan2_{arch.resolution}")
 
 
 def describe_arch(arch: stylegan2.Arch) -> str:
@@ -419,6 +433,7 @@ def describe_arch(arch: stylegan2.Arch) -> str:
           f"{arch.mapping_layers} layers, channels {{{chans}}}")
 
 
-__all__ = ["StyleGAN2PklError", "read_pkl", "convert_pkl", "load_snapshot",
-           "state_dict", "infer_arch", "save_converted", "load_converted",
-           "describe_arch"]
+__all__ = ["StyleGAN2PklError", "read_pkl", "convert_pkl", "load", "load_snapshot",
+           "state_dict", "infer_arch", "describe_arch"]
+
+generators.register("stylegan2", load)

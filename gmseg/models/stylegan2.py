@@ -581,17 +581,11 @@ def load_converted(path: str) -> tuple[dict, Arch]:
 def load(path: str, truncation_psi: float = 0.7,
          truncation_cutoff: Optional[int] = None,
          noise_mode: str = "random") -> generators.Generator:
-  """Registry factory: a converted directory, or an official `.pkl` (read
-  without torch; its `G_ema`)."""
-  if os.path.isfile(path) and path.endswith(".pkl"):
-    from gmseg.convert import stylegan2_pkl  # lazy: only for raw pickles
-    state_dict, arch = stylegan2_pkl.read_pkl(path)
-    params = params_from_state_dict(state_dict, arch)
-    params = jax.tree.map(jnp.asarray, params)
-  else:
-    params, arch = load_converted(path)
+  """A directory written by `save_converted` as a Generator.
+
+  Official `.pkl` snapshots are read by the converter: the registry's
+  'stylegan2' factory (`gmseg.convert.stylegan2_pkl.load`) takes both.
+  """
+  params, arch = load_converted(path)
   return make_generator(params, arch, truncation_psi, truncation_cutoff,
                         noise_mode, name=f"stylegan2_{arch.resolution}")
-
-
-generators.register("stylegan2", load)
