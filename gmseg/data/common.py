@@ -192,43 +192,41 @@ def download_config(manual_dir: os.PathLike | str | None = None):
       manual_dir=None if manual_dir is None else os.fspath(manual_dir))
 
 
-def prepare(builder_or_name, data_dir: os.PathLike | str, *,
+def prepare(builder, data_dir: os.PathLike | str, *,
             manual_dir: os.PathLike | str | None = None):
   """Returns a prepared tfds builder (building it first when needed).
 
   Args:
-    builder_or_name: a registry name ('fasseg/frontal02'), a builder class
-      (built with its default config) or a builder instance.
+    builder: a builder class (built with its default config) or instance;
+      for a registry name, `gmseg.data.registry.builder(name, data_dir)`.
     data_dir: where tfds stores prepared datasets.
     manual_dir: folder with manually downloaded files, for offline builds.
   """
-  if isinstance(builder_or_name, str):
-    from gmseg.data import registry  # pylint: disable=g-import-not-at-top
-    spec = registry.get(builder_or_name)
-    builder = spec.builder(config=spec.config, data_dir=os.fspath(data_dir),
-                           file_format=FILE_FORMAT)
-  elif isinstance(builder_or_name, type):
-    builder = builder_or_name(data_dir=os.fspath(data_dir), file_format=FILE_FORMAT)
-  else:
-    builder = builder_or_name
+  if isinstance(builder, str):
+    raise TypeError(f"prepare({builder!r}): pass a builder; for a dataset name use "
+                    "gmseg.data.registry.builder(name, data_dir) or pipeline.load_split.")
+  if isinstance(builder, type):
+    builder = builder(data_dir=os.fspath(data_dir), file_format=FILE_FORMAT)
   builder.download_and_prepare(download_config=download_config(manual_dir))
   return builder
 
 
-def read_split(builder_or_name, split: str, data_dir: os.PathLike | str, *,
+def read_split(builder, split: str, data_dir: os.PathLike | str, *,
                manual_dir: os.PathLike | str | None = None,
-               limit: int | None = None) -> list[dict[str, Any]]:
+               limit: int | None = None,
+               class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
   """Reads a split as a list of numpy dicts sorted by id (building if needed).
+
+  Args:
+    builder: as for `prepare`.
+    class_names: the dataset's classes; when given, label ids beyond them
+      raise `LabelRangeError` (`pipeline.load_split` passes the registry's).
 
   Returns:
     `[{'image': uint8 [H,W,3], 'label': uint8 [H,W], 'id': str}, ...]`,
     the first `limit` ids when `limit` is given.
   """
-  builder = prepare(builder_or_name, data_dir, manual_dir=manual_dir)
-  class_names = None
-  if isinstance(builder_or_name, str):
-    from gmseg.data import registry  # pylint: disable=g-import-not-at-top
-    class_names = registry.get(builder_or_name).class_names
+  builder = prepare(builder, data_dir, manual_dir=manual_dir)
   if split not in builder.info.splits:
     # Builders of partial datasets (FASSEG multipose01) say why a split is absent.
     hint = getattr(builder, "split_hint", lambda _: "")(split)

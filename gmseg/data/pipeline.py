@@ -12,6 +12,7 @@ from PIL import Image
 
 from gmseg import errors
 from gmseg.data import common
+from gmseg.data import registry
 
 TRANSFORMS = ("square_crop", "resize", "wide_crop")
 
@@ -67,7 +68,9 @@ def load_split(name: str, split: str, *, resolution: int, data_dir: os.PathLike 
   if transform not in TRANSFORMS:
     raise ValueError(f"unknown transform {transform!r}; choose one of {TRANSFORMS}.")
   try:
-    examples = common.read_split(name, split, data_dir, manual_dir=manual_dir, limit=limit)
+    examples = common.read_split(registry.builder(name, data_dir), split, data_dir,
+                                 manual_dir=manual_dir, limit=limit,
+                                 class_names=registry.class_names(name))
   except errors.UserError:
     raise  # already names the problem and the fix
   except Exception as e:

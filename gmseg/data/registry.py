@@ -5,6 +5,7 @@ table only says which module holds which name, so looking a name up imports
 one module (and tfds) and nothing else.
 """
 import importlib
+import os
 
 from gmseg.data import common
 
@@ -38,6 +39,14 @@ def get(name: str) -> common.DatasetSpec:
     raise KeyError(f"{_MODULES[name]}.DATASETS has no entry {name!r} "
                    f"(it has {sorted(datasets)}); the registry and the module disagree.")
   return datasets[name]
+
+
+def builder(name: str, data_dir: os.PathLike | str):
+  """The tfds builder of dataset `name` in `data_dir` (not prepared yet:
+  `common.prepare` / `common.read_split` build it when needed)."""
+  spec = get(name)
+  return spec.builder(config=spec.config, data_dir=os.fspath(data_dir),
+                      file_format=common.FILE_FORMAT)
 
 
 def module_name(name: str) -> str:
