@@ -24,6 +24,7 @@ from typing import Callable, Optional
 from absl import app, flags
 from absl import logging
 
+from gmseg import compile_cache
 from gmseg import errors
 
 VERBOSE = flags.DEFINE_bool(
@@ -89,9 +90,18 @@ def one_line(message: str) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with config-override mistakes as one line (exit 1)."""
+  """absl's flag parsing, with every mistake as one line (exit 1)."""
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and any(line.startswith("Traceback") for line in lines):
+      # A config file's get_config raised: its own message is the last line.
+      text = f"{lines[0].rstrip(':')}: {lines[-1]}"
+    else:
+      text = one_line(e)
+    print(f"error: {text} (--helpshort lists the flags).", file=sys.stderr)
+    sys.exit(1)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     overrides = [a for a in argv[1:] if a.startswith(("--config.", "-config."))]
     text = one_line(e.args[0] if e.args else e).replace("\\n", " ").strip("'\"")
@@ -107,6 +117,8 @@ def run(main: Callable[[list[str]], Optional[int]]) -> None:
   def wrapped(argv):
     if not VERBOSE.value:
       quiet_output()
+    # Reruns load compiled programs from disk ($GMSEG_JAX_CACHE; 'off' disables).
+    compile_cache.enable()
     try:
       return main(argv)
     except Exception as e:  # pylint: disable=broad-except

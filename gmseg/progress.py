@@ -112,4 +112,5 @@ def check_finite(metrics: dict, step: int) -> None:
   if bad:
     raise FloatingPointError(
         f"Non-finite metrics at step {int(step)}: {', '.join(bad)}. Lower the "
-        "learning rate or check the inputs; resume from the last checkpoint.")
+        "learning rate or check the inputs; rerunning the command resumes from the newest "
+        "checkpoint that reads completely and holds only finite values.")

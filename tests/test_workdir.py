@@ -162,3 +162,13 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
   assert errors == [f"error: --workdir {a_file} is a file, not a directory: pass a directory path "
                     "(it is created when missing)."], proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_argument_is_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "launch/annotate.py", "--config=configs/tiny.py:stpes=3",
+       f"--workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 1
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and "Unknown config argument 'stpes'" in lines[0], proc.stderr
