@@ -55,13 +55,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.dataset = LABELLED[arg.labelled]
   c.data.labelled_split = "train"
   c.data.num_labelled = arg.num
-  c.data.val_split = "test"           # FASSEG has train/test only
+  # Validation (defaults are chosen here, snapshots tracked here): the 182
+  # multipose V3 faces, other people in 13 head poses. Test: the 50 frontal02
+  # test faces, never used to choose anything.
+  c.data.val_dataset = "fasseg/multipose01"
+  c.data.val_split = "train"
   c.data.num_val = 0
   c.data.test_split = "test"
   c.data.eval_dataset = "fasseg/frontal02"  # rendered labels are still scored on real faces
   c.data.resolution = 64              # the DCGAN's output size
   # FASSEG faces are portrait (~363x512): the centred square keeps the face.
   c.data.transform = "square_crop"
+  c.data.eval_transform = "square_crop"  # the same for every row, rendered labels included
   c.data.data_dir = arg.data_dir
   c.data.manual_dir = arg.manual_dir
   c.gen_transform = "none"            # generator and labels are both 64x64
@@ -86,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.ckpt_every = 250
   c.train.grid_every = 250
   c.train.eval_batch = 25
+  c.train.keep = 50                   # every snapshot: the faces curve scores them all
 
   c.downstream.num_images = arg.downstream_images
   c.downstream.gen_batch = 50

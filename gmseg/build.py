@@ -58,10 +58,44 @@ def pretrained_segmenter(seg_cfg, params, stats):
   return loaded["params"], loaded["batch_stats"]
 
 
-def annotator(config) -> nn.Module:
+ANNOTATOR_INPUTS = ("features", "features+image")
+HEAD_RESOLUTIONS = ("features", "image")
+
+
+def annotator(config, image_hw: Optional[tuple[int, int]] = None) -> nn.Module:
+  """The annotator of `config.annotator`.
+
+  Args:
+    image_hw: the generator's image size, needed by `head_resolution='image'`.
+  """
   a = config.annotator
+  # .get: configs saved before these keys existed ran the paper's annotator.
+  head = a.get("head_resolution", "features")
+  if head not in HEAD_RESOLUTIONS:
+    raise ValueError(f"annotator.head_resolution={head!r}: use one of {HEAD_RESOLUTIONS}.")
+  if head == "image" and image_hw is None:
+    raise ValueError("annotator.head_resolution='image' needs the generator's image size: "
+                     "call build.annotator(config, image_hw=(gen.resolution, gen.resolution)).")
   return annotator_lib.Annotator(num_classes(config), tmp_channels=a.tmp_channels,
-                                 num_layers=a.num_layers, norm=a.norm)
+                                 num_layers=a.num_layers, norm=a.norm,
+                                 head_size=tuple(image_hw) if head == "image" else None)
+
+
+def annotator_gen_fn(config, gen: generators.Generator) -> generators.GeneratorFn:
+  """The generator function the method runs: `gen.apply_fn`, with the image
+  appended to the features (highest resolution, last) when
+  `annotator.inputs='features+image'` (beyond the paper: the DCGAN's largest
+  feature map is 32x32 for a 64x64 image, and an eye is a few pixels)."""
+  inputs = config.annotator.get("inputs", "features")
+  if inputs not in ANNOTATOR_INPUTS:
+    raise ValueError(f"annotator.inputs={inputs!r}: use one of {ANNOTATOR_INPUTS}.")
+  if inputs == "features":
+    return gen.apply_fn
+
+  def with_image(params, z, rng):
+    images, feats = gen.apply_fn(params, z, rng)
+    return images, tuple(feats) + (images,)
+  return with_image
 
 
 GEN_RESIZES = ("nearest", "bilinear")
@@ -110,9 +144,12 @@ def method(config, gen: generators.Generator, devices: int = 1) -> state_lib.Met
       raise ValueError(f"batch.{name}={b[name]} does not divide over {devices} "
                        f"devices; use a multiple of {devices}.")
   seg = segmenter(config.segmenter, num_classes(config))
-  probe = state_lib.Method(gen_fn=gen.apply_fn, z_dim=gen.z_dim,
-                           annotator=annotator(config), segmenter=seg,
-                           ann_tx=_tx(config.ann_optim), seg_tx=_tx(config.seg_optim),
+  image_hw = (gen.resolution, gen.resolution)
+  steps_total = int(config.train.steps)
+  probe = state_lib.Method(gen_fn=annotator_gen_fn(config, gen), z_dim=gen.z_dim,
+                           annotator=annotator(config, image_hw), segmenter=seg,
+                           ann_tx=_tx(config.ann_optim, steps_total),
+                           seg_tx=_tx(config.seg_optim, steps_total),
                            matched=(), transform=gen_transform(config))
   shapes = jax.eval_shape(lambda p: state_lib.init_state(probe, p, 0), gen.params)
   matched = state_lib.matched_paths(shapes.seg_params, config.matching.params,
@@ -127,8 +164,26 @@ def method(config, gen: generators.Generator, devices: int = 1) -> state_lib.Met
       ann_step_seg_stats=config.train.get("ann_step_seg_stats", "frozen"))
 
 
-def _tx(o):
-  return state_lib.make_optimizer(o.name, o.lr, momentum=o.momentum)
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(o, total_steps: int):
+  """`o.lr`, or an optax schedule: linear warm-up over `o.warmup` steps from 0,
+  then constant or cosine decay to 0 at `total_steps` (`o.schedule`)."""
+  # .get: configs saved before these keys existed used a constant rate.
+  warmup, kind = int(o.get("warmup", 0)), o.get("schedule", "constant")
+  if kind not in SCHEDULES:
+    raise ValueError(f"optimizer schedule={kind!r}: use one of {SCHEDULES}.")
+  if warmup == 0 and kind == "constant":
+    return o.lr
+  import optax  # pylint: disable=g-import-not-at-top
+  if kind == "constant":
+    return optax.linear_schedule(0.0, o.lr, max(1, warmup))
+  return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(total_steps, warmup + 1))
+
+
+def _tx(o, total_steps: int = 0):
+  return state_lib.make_optimizer(o.name, learning_rate(o, total_steps), momentum=o.momentum)
 
 
 def data_dir(config) -> str:
@@ -136,8 +191,8 @@ def data_dir(config) -> str:
   return os.path.expanduser(d)
 
 
-def split_arrays(config, split: str, limit: int = 0,
-                 dataset: Optional[str] = None) -> dict[str, np.ndarray]:
+def split_arrays(config, split: str, limit: int = 0, dataset: Optional[str] = None,
+                 transform: Optional[str] = None) -> dict[str, np.ndarray]:
   """A split of the configured (or given) dataset as arrays: `image` float32
   `[N, R, R, 3]` in [-1, 1], `label` uint8 `[N, R, R]`."""
   from gmseg.data import pipeline  # lazy: pulls tfds
@@ -146,7 +201,7 @@ def split_arrays(config, split: str, limit: int = 0,
   arrays = pipeline.load_split(dataset or d.dataset, split, resolution=d.resolution,
                                data_dir=data_dir(config),
                                manual_dir=d.manual_dir or None,
-                               limit=limit or None, transform=d.transform)
+                               limit=limit or None, transform=transform or d.transform)
   # Ids beyond config.class_names would be skipped by evaluation: stop at load time.
   common.check_label_range(arrays["label"], arrays["id"], num_classes(config),
                            f"{dataset or d.dataset} split {split!r} (data_dir "
@@ -161,6 +216,35 @@ def eval_dataset(config) -> str:
   return config.data.eval_dataset or config.data.dataset
 
 
-def eval_arrays(config, split: str, limit: int = 0) -> dict[str, np.ndarray]:
+def eval_transform(config) -> str:
+  """How evaluation faces are prepared: `data.eval_transform`, or
+  `data.transform` when that is empty. Separate keys, so a labelled set that
+  needs another preparation (rendered faces: 'resize') leaves the evaluation
+  faces prepared as every other row's."""
+  return config.data.get("eval_transform", "") or config.data.transform
+
+
+def eval_arrays(config, split: str, limit: int = 0,
+                dataset: Optional[str] = None) -> dict[str, np.ndarray]:
   """A validation/test split as arrays (see `split_arrays`, `eval_dataset`)."""
-  return split_arrays(config, split, limit, dataset=eval_dataset(config))
+  return split_arrays(config, split, limit, dataset=dataset or eval_dataset(config),
+                      transform=eval_transform(config))
+
+
+def val_dataset(config) -> str:
+  """The dataset of the validation split: `data.val_dataset`, or
+  `eval_dataset(config)` when that is empty (e.g. faces: validation on the
+  multipose V3 faces, test on the frontal02 test faces)."""
+  return config.data.get("val_dataset", "") or eval_dataset(config)
+
+
+def val_arrays(config) -> dict[str, np.ndarray]:
+  """The validation set (`data.val_split` of `val_dataset`) as arrays."""
+  d = config.data
+  return eval_arrays(config, d.val_split, limit=d.num_val, dataset=val_dataset(config))
+
+
+def test_is_val(config) -> bool:
+  """Whether the test set is the validation set (then scored once)."""
+  d = config.data
+  return (d.test_split, eval_dataset(config)) == (d.val_split, val_dataset(config))

@@ -31,6 +31,10 @@ def get_base() -> ml_collections.ConfigDict:
       "num_val": 0,
       "test_split": "test",
       "eval_dataset": "",      # val/test come from here ('' = dataset)
+      "val_dataset": "",       # val comes from here ('' = eval_dataset)
+      # How val/test images are prepared ('' = transform): one preparation for
+      # every row of a comparison, whatever its labelled set needs.
+      "eval_transform": "",
       "resolution": 64,        # side of labelled images and segmenter input
       "transform": "square_crop",  # pipeline.load_split transform
       "data_dir": "",
@@ -49,6 +53,11 @@ def get_base() -> ml_collections.ConfigDict:
       "tmp_channels": 128,     # FPN width (paper: 128)
       "num_layers": 3,         # head depth (paper: 3)
       "norm": "group",         # group | batch (paper) | none
+      # Beyond the paper (faces): 'features+image' appends the generated image
+      # to the generator features; head_resolution 'image' upsamples the fused
+      # pyramid to the image size before the head (pixel features).
+      "inputs": "features",    # features (paper) | features+image
+      "head_resolution": "features",  # features (paper) | image
   })
 
   # Segmenter S: arch 'unet' or 'deeplab'. UNet reads widths; DeepLab reads
@@ -82,8 +91,12 @@ def get_base() -> ml_collections.ConfigDict:
   })
 
   # Optimisers (paper: SGD lr 1e-3 momentum 0.9 for both).
-  c.ann_optim = ml_collections.ConfigDict({"name": "sgd", "lr": 1e-3, "momentum": 0.9})
-  c.seg_optim = ml_collections.ConfigDict({"name": "sgd", "lr": 1e-3, "momentum": 0.9})
+  # warmup: steps of linear warm-up from 0; schedule: constant | cosine (to 0
+  # at train.steps). Paper: no schedule.
+  c.ann_optim = ml_collections.ConfigDict({"name": "sgd", "lr": 1e-3, "momentum": 0.9,
+                                           "warmup": 0, "schedule": "constant"})
+  c.seg_optim = ml_collections.ConfigDict({"name": "sgd", "lr": 1e-3, "momentum": 0.9,
+                                           "warmup": 0, "schedule": "constant"})
 
   # Global batch sizes (split over devices and hosts).
   c.batch = ml_collections.ConfigDict({
@@ -112,14 +125,17 @@ def get_base() -> ml_collections.ConfigDict:
   c.downstream = ml_collections.ConfigDict({
       "num_images": 10_000,
       "gen_batch": 16,
-      "filter": "none",        # none | confidence | ensemble
+      "filter": "none",        # none | confidence | ensemble | gradient (beyond the paper)
       "min_confidence": 0.9,   # mean max-prob per image for 'confidence'
-      "keep_fraction": 0.9,    # fraction kept by 'ensemble' (least disagreement)
+      "keep_fraction": 0.9,    # fraction kept by 'ensemble' / 'gradient' (best scores)
       "epochs": 20,
       "batch": 8,
       "optim": ml_collections.ConfigDict({"name": "adam", "lr": 1e-3, "momentum": 0.9}),
       "segmenter": "",         # '' = same as `segmenter`
       "ckpt_every_epoch": 1,
+      # Beyond the paper: then fine-tune on the k labelled images for this many
+      # updates (as the supervised baseline; 0 = off): "LAGM + labelled".
+      "finetune_steps": 0,
   })
   return c
 

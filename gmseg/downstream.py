@@ -15,6 +15,12 @@ Optional filters drop images:
                 the mean over pixels of the Jensen-Shannon divergence of their
                 predictions, H(mean_k p_k) - mean_k H(p_k). The `keep_fraction`
                 least uncertain images are kept.
+  'gradient':   beyond the paper, per-example gradients put to work: at the
+                phase-one segmenter S of the chosen snapshot, each image's
+                gradient (hard cross-entropy on its labels, matched
+                parameters) is compared with the gradient of the k labelled
+                images by the method's own distance (per-row cosine); the
+                `keep_fraction` images that agree best are kept.
 
 Labels always come from the chosen annotator. The set is written as the tfds
 dataset `gmseg_synthetic` (gmseg.data.synthetic) in `<workdir>/downstream/
@@ -48,6 +54,8 @@ import numpy as np
 from gmseg import build
 from gmseg import checkpoint
 from gmseg import evaluate
+from gmseg import losses
+from gmseg import matching
 from gmseg import metric_writers
 from gmseg import progress as progress_lib
 from gmseg import restore
@@ -57,7 +65,7 @@ from gmseg import viz
 from gmseg import workdir as workdir_lib
 from gmseg.data import synthetic
 
-FILTERS = ("none", "confidence", "ensemble")
+FILTERS = ("none", "confidence", "ensemble", "gradient")
 KEEP_SNAPSHOTS = 20   # the 5-fold CV protocol uses the last 20 snapshots
 _SHARD_IMAGES = 512   # images per staging shard (bounds host memory)
 _LATENT_TAG = 0x5E7   # folded into the seed: phase-two latents differ from phase one's
@@ -148,8 +156,50 @@ def _restore_annotator(ckpt_dir, step: int):
   return params, stats
 
 
+def gradient_distances(seg_params, seg_stats, images, labels, g_real, *,
+                       method: state_lib.Method) -> jax.Array:
+  """Per-example gradient-matching distance to the labelled-set gradient.
+
+  Args:
+    images: uint8 `[B, H, W, 3]` generated images (as the set stores them).
+    labels: `[B, H, W]` their class ids.
+    g_real: flat dict path -> gradient of S's hard cross-entropy on the
+      labelled images (see `steps.labelled_grads`).
+  Returns:
+    `[B]` distances (the method's metric; lower = agrees better).
+  """
+  x = images.astype(jnp.float32) / 127.5 - 1.0
+  matched, rest = matching.split(seg_params, method.matched)
+
+  def example_loss(m, image, label):
+    logits, _ = steps.apply_model(method.segmenter, matching.merge(m, rest), seg_stats,
+                                  image[None], train=False)
+    return losses.hard_cross_entropy(logits, label[None])
+
+  g = matching.per_example_grads(example_loss, matched, x, labels.astype(jnp.int32))
+  dist = functools.partial(matching.matching_distance, metric=method.metric,
+                           row_reduction=method.row_reduction,
+                           tensor_reduction=method.tensor_reduction, vectors=method.vectors)
+  return jax.vmap(lambda gi: dist(gi, g_real))(g)
+
+
+def _labelled_target(config, method, ckpt_dir, step: int):
+  """(phase-one S params, stats, labelled-set gradient) at annotator snapshot `step`."""
+  seg_params = checkpoint.restore_subtree(ckpt_dir, ("seg_params",), step=step)
+  seg_stats = restore.restore_stats(ckpt_dir, ("seg_stats",), step)
+  data = build.split_arrays(config, config.data.labelled_split, limit=config.data.num_labelled)
+  matched, rest = matching.split(seg_params, method.matched)
+
+  def loss(m):  # the mean over every labelled pixel, as the method's target
+    logits, _ = steps.apply_model(method.segmenter, matching.merge(m, rest), seg_stats,
+                                  jnp.asarray(data["image"]), train=False)
+    return losses.hard_cross_entropy(logits, jnp.asarray(data["label"], jnp.int32))
+  return seg_params, seg_stats, jax.jit(jax.grad(loss))(matched)
+
+
 def _select(filter_name: str, d, mean_conf: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
-  """Boolean keep mask over the generated images."""
+  """Boolean keep mask over the generated images ('ensemble' and 'gradient':
+  the `keep_fraction` lowest `uncertainty`, which holds their score)."""
   n = len(mean_conf)
   if filter_name == "none":
     return np.ones(n, bool)
@@ -214,6 +264,9 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathl
   method = build.method(config, gen)
   members = tuple(_restore_annotator(ckpt_dir, s) for s in annotator_steps)
   sample = jax.jit(functools.partial(sample_batch, method=method, batch=int(d.gen_batch)))
+  if d.filter == "gradient":
+    seg_params, seg_stats, g_real = _labelled_target(config, method, ckpt_dir, main_step)
+    grad_dist = jax.jit(functools.partial(gradient_distances, method=method))
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _LATENT_TAG)
 
   staging = out / "staging"
@@ -239,6 +292,9 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathl
     out_batch = jax.device_get(sample(gen.params, members, key, i))
     real = min(b, n - i * b)  # the last batch is generated whole and trimmed
     out_batch = {k: v[:real] for k, v in out_batch.items()}
+    if d.filter == "gradient":  # stored where the ensemble keeps its uncertainty
+      out_batch["uncertainty"] = np.asarray(grad_dist(
+          seg_params, seg_stats, out_batch["image"], out_batch["label"], g_real))
     out_batch["index"] = np.arange(i * b, i * b + real)
     buffer.append(out_batch)
     mean_conf.append(out_batch["mean_confidence"])
@@ -255,7 +311,7 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathl
         f"The {d.filter!r} filter dropped all {n} images (mean confidence ranges "
         f"{mean_conf.min():.3f}..{mean_conf.max():.3f}, downstream.min_confidence="
         f"{d.min_confidence}): lower min_confidence or train the annotator longer.")
-  score = uncertainty if d.filter == "ensemble" else mean_conf
+  score = uncertainty if d.filter in ("ensemble", "gradient") else mean_conf
   # The builder reads `score` from the shards: add it once keep/score are known.
   for name in shards:
     with np.load(staging / name) as data:
@@ -341,8 +397,8 @@ def _compiled(seg_json: str, n_classes: int, optim: str, lr: float, momentum: fl
 
 def _eval_sets(config) -> dict:
   d = config.data
-  sets = {"val": build.eval_arrays(config, d.val_split, limit=d.num_val)}
-  if d.test_split != d.val_split:
+  sets = {"val": build.val_arrays(config)}
+  if not build.test_is_val(config):
     sets["test"] = build.eval_arrays(config, d.test_split)
   return sets
 
@@ -440,12 +496,43 @@ def _saved_config(ckpt: checkpoint.Checkpointer):
   return None, None
 
 
+def finetune_dir(workdir) -> pathlib.Path:
+  """`<workdir>/downstream/finetune`: a phase-one-layout run (`checkpoints/`)."""
+  return directory(workdir) / "finetune"
+
+
+def finetune(config, workdir) -> dict:
+  """Beyond the paper: fine-tunes the downstream segmenter (latest epoch) on
+  the k labelled images for `downstream.finetune_steps` updates, as the
+  supervised baseline trains (gmseg.supervised: `seg_optim`, augmentation,
+  `batch.labelled`). "LAGM + labelled": do LAGM's samples add to the k faces?
+
+  Returns:
+    {} when finetune_steps is 0, else supervised.train's summary. The result
+    is scored with `restore.restore_segmenter(finetune_dir(workdir), 'annotate')`.
+  """
+  n = int(config.downstream.get("finetune_steps", 0))
+  if n <= 0:
+    return {}
+  if (json.dumps(restore.segmenter_config(config, "downstream").to_dict(), sort_keys=True)
+      != json.dumps(config.segmenter.to_dict(), sort_keys=True)):
+    raise ValueError("downstream.finetune_steps > 0 fine-tunes with the phase-one segmenter "
+                     "config; set downstream.segmenter='' (same as segmenter).")
+  from gmseg import supervised  # pylint: disable=g-import-not-at-top
+  _, params, stats = restore.restore_segmenter(workdir, "downstream", "latest", config)
+  return supervised.train(config, finetune_dir(workdir), num_steps=n, init=(params, stats))
+
+
 def run(config, workdir, annotator_step: Union[str, int] = "best") -> dict:
-  """Phase two end to end: `generate` (or reuse) then `train`.
+  """Phase two end to end: `generate` (or reuse), `train`, and `finetune`
+  when `downstream.finetune_steps` > 0.
 
   Holds `workdir` exclusively (gmseg.workdir), as phase one does: phase two
   reads phase one's checkpoints, which a concurrent run would change.
   """
   with workdir_lib.hold(workdir):
     generate(config, workdir, annotator_step)
-    return train(config, workdir)
+    result = train(config, workdir)
+    if int(config.downstream.get("finetune_steps", 0)) > 0:
+      result["finetune"] = finetune(config, workdir)
+    return result

@@ -25,7 +25,7 @@ _TAG = 7  # seed offset: the baseline's S starts from its own initialisation
 
 
 def train(config, workdir, num_steps: Optional[int] = None,
-          augment: bool = True) -> dict:
+          augment: bool = True, init: Optional[tuple] = None) -> dict:
   """Trains the baseline segmenter; resumes from `<workdir>/checkpoints`.
 
   Args:
@@ -34,6 +34,9 @@ def train(config, workdir, num_steps: Optional[int] = None,
     num_steps: updates (default `config.train.steps`, the number of
       segmenter updates of phase one).
     augment: flip / zoom / colour jitter of each labelled batch.
+    init: (seg_params, seg_stats) to start from instead of a fresh
+      initialisation (fine-tuning, e.g. a segmenter pre-trained on LAGM's
+      synthetic set: `downstream.finetune`); a saved checkpoint still wins.
   Returns:
     {'step': updates done, 'loss': mean loss of the last log window}.
   """
@@ -55,6 +58,8 @@ def train(config, workdir, num_steps: Optional[int] = None,
                                     image_shape=labelled["image"].shape[1:],
                                     load=functools.partial(build.pretrained_segmenter,
                                                            config.segmenter))
+  if init is not None:
+    state = state.replace(seg_params=init[0], seg_stats=init[1] or state.seg_stats)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
   state, meta = ckpt.maybe_restore(state)
   metric_writers.write_config(workdir, config)

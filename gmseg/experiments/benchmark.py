@@ -232,15 +232,32 @@ def _check_same_config(out: pathlib.Path, config) -> None:
   if saved is not None and saved != now:
     logging.warning("%s was run with a different config than the one requested now; "
                     "its results are kept. Delete the folder to rerun it.", out)
+SMALL_PARTS = ("eyes", "nose", "mouth")
+
+
+def row_metrics(row: dict, class_names: Sequence[str]) -> dict:
+  """{metric: value x100} of one results.json row: 'fg_miou' and
+  'iou/<class>' on the test faces, the same prefixed 'val/' on the
+  validation faces when the row has them."""
+  out = {}
+  for prefix, r in (("", row), ("val/", row.get("val"))):
+    if r is None:
+      continue
+    out[prefix + "fg_miou"] = 100.0 * r["fg_miou"]
+    out.update({f"{prefix}iou/{c}": 100.0 * v for c, v in zip(class_names, r["iou"])})
+  return out
+
+
 
 
 def aggregate(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS) -> dict:
-  """FG-mIoU per method and k over the seeds whose results.json exists.
+  """Scores per method and k over the seeds whose results.json exists.
 
   Returns:
-    {'fg_miou': {method: {k: {'mean', 'std', 'n', 'values': {seed: value}}}},
-     'wall_s': {k: mean wall seconds of a run}, 'missing': ['k{k}_s{s}', ...]}
-    with values, mean and std x100 (std: population, ddof=0).
+    {'metrics': {metric: {method: {k: {'mean', 'std', 'n', 'values': {seed: value}}}}},
+     'fg_miou': metrics['fg_miou'] (test faces), 'wall_s': {k: mean wall
+     seconds of a run}, 'missing': ['k{k}_s{s}', ...]} with values, mean and
+    std x100 (std: population, ddof=0). Metrics: see `row_metrics`.
   """
   table, walls, missing = {}, {}, []
   for k in ks:
@@ -250,27 +267,45 @@ def aggregate(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS) -> 
       if not path.is_file():
         missing.append(out.name)
         continue
-      rows = json.loads(path.read_text())["rows"]
-      for method, row in rows.items():
-        table.setdefault(method, {}).setdefault(k, {})[s] = 100.0 * row["fg_miou"]
+      result = json.loads(path.read_text())
+      names = result.get("class_names", ())
+      for method, row in result["rows"].items():
+        for metric, value in row_metrics(row, names).items():
+          table.setdefault(metric, {}).setdefault(method, {}).setdefault(k, {})[s] = value
       if (out / RUN_INFO).is_file():
         walls.setdefault(k, []).append(json.loads((out / RUN_INFO).read_text())["wall_s"])
-  fg = {m: {k: {"mean": float(np.mean(list(v.values()))),
-                "std": float(np.std(list(v.values()))),
-                "n": len(v), "values": v}
-            for k, v in sorted(per_k.items())}
-        for m, per_k in table.items()}
-  return {"fg_miou": fg, "wall_s": {k: float(np.mean(v)) for k, v in walls.items()},
+  metrics = {metric: {m: {k: {"mean": float(np.mean(list(v.values()))),
+                              "std": float(np.std(list(v.values()))),
+                              "n": len(v), "values": v}
+                          for k, v in sorted(per_k.items())}
+                      for m, per_k in per_method.items()}
+             for metric, per_method in table.items()}
+  return {"metrics": metrics, "fg_miou": metrics.get("fg_miou", {}),
+          "wall_s": {k: float(np.mean(v)) for k, v in walls.items()},
           "missing": missing, "ks": list(ks), "seeds": list(seeds)}
 
 
-def markdown_table(agg: dict) -> str:
+def small_parts_table(agg: dict, prefix: str = "") -> str:
+  """Rows = methods, columns = k; cells 'eyes / nose / mouth' IoU means (x100)."""
+  ks, metrics = agg["ks"], agg.get("metrics", {})
+  out = ["| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+         "|---|" + "---|" * len(ks)]
+  for method in metrics.get(prefix + "fg_miou", {}):
+    cells = []
+    for k in ks:
+      parts = [metrics.get(f"{prefix}iou/{c}", {}).get(method, {}).get(k) for c in SMALL_PARTS]
+      cells.append("–" if None in parts else " / ".join(f"{p['mean']:.0f}" for p in parts))
+    out.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
+def markdown_table(agg: dict, metric: str = "fg_miou") -> str:
   """Rows = methods, columns = k; cells 'mean ± std' (x100), '(n=..)' when
   fewer seeds than asked finished, '–' when none did."""
   ks, num_seeds = agg["ks"], len(agg["seeds"])
   out = ["| method | " + " | ".join(f"k={k}" for k in ks) + " |",
          "|---|" + "---|" * len(ks)]
-  for method, per_k in agg["fg_miou"].items():
+  for method, per_k in agg.get("metrics", {"fg_miou": agg["fg_miou"]}).get(metric, {}).items():
     cells = []
     for k in ks:
       c = per_k.get(k)
@@ -284,25 +319,31 @@ def markdown_table(agg: dict) -> str:
 
 
 def plot(agg: dict, path) -> None:
-  """FG-mIoU against k with population-std error bars, one line per method."""
+  """FG-mIoU against k with population-std error bars, one line per method;
+  a second panel for the validation faces when the runs scored them."""
   import matplotlib  # lazy: only the report needs it
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  for method, per_k in agg["fg_miou"].items():
-    ks = sorted(per_k)
-    ax.errorbar(ks, [per_k[k]["mean"] for k in ks], yerr=[per_k[k]["std"] for k in ks],
-                marker="o", capsize=3, label=method)
-  ax.set_xscale("log")
-  ax.set_xticks(agg["ks"])
-  ax.set_xticklabels([str(k) for k in agg["ks"]])
-  ax.minorticks_off()
-  ax.set_xlabel("labelled faces k")
-  ax.set_ylabel("FG-mIoU (x100), FASSEG test")
-  ax.set_title(f"Faces: FG-mIoU vs k (mean ± std over {len(agg['seeds'])} seeds)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  metrics = agg.get("metrics", {"fg_miou": agg["fg_miou"]})
+  panels = [("fg_miou", "FASSEG frontal02 test")]
+  if "val/fg_miou" in metrics:
+    panels.append(("val/fg_miou", "multipose V3 (validation)"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False)
+  for ax, (metric, title) in zip(axes[0], panels):
+    for method, per_k in metrics.get(metric, {}).items():
+      ks = sorted(per_k)
+      ax.errorbar(ks, [per_k[k]["mean"] for k in ks], yerr=[per_k[k]["std"] for k in ks],
+                  marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xticks(agg["ks"])
+    ax.set_xticklabels([str(k) for k in agg["ks"]])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled faces k")
+    ax.set_ylabel(f"FG-mIoU (x100), {title}")
+    ax.set_title(f"{title}: mean ± std over {len(agg['seeds'])} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -319,8 +360,17 @@ def write_report(workdir, agg: Optional[dict], head: dict,
            f"jax {m['jax']}, backend {m['backend']}, devices {', '.join(m['devices'])}", "",
            f"Date: {head['date']}", ""]
   if agg is not None:
-    lines += ["## FG-mIoU (x100) on the 50 FASSEG test faces, mean ± population std over "
-              f"seeds {agg['seeds']}", "", markdown_table(agg), ""]
+    lines += ["## FG-mIoU (x100) on the 50 FASSEG frontal02 test faces, mean ± population "
+              f"std over seeds {agg['seeds']}", "", markdown_table(agg), ""]
+    if "val/fg_miou" in agg.get("metrics", {}):
+      lines += ["## FG-mIoU (x100) on the 182 multipose V3 validation faces", "",
+                markdown_table(agg, "val/fg_miou"), ""]
+    if "iou/eyes" in agg.get("metrics", {}):
+      lines += ["## Eyes / nose / mouth IoU (x100, mean over seeds), frontal test faces", "",
+                small_parts_table(agg), ""]
+    if "val/iou/eyes" in agg.get("metrics", {}):
+      lines += ["## Eyes / nose / mouth IoU (x100, mean over seeds), V3 validation faces", "",
+                small_parts_table(agg, "val/"), ""]
     if agg["wall_s"]:
       lines += ["Wall time per run (all methods, mean over finished seeds): " + ", ".join(
           f"k={k}: {v / 60:.1f} min" for k, v in sorted(agg["wall_s"].items())), ""]

@@ -2,16 +2,25 @@
 
 `run(config, workdir)` runs, in one call, on `configs/faces.py`:
   1. LAGM: annotator learning (gmseg.annotate) on the k labelled faces, then
-     phase two (gmseg.downstream: synthetic set from G + A, fresh segmenter);
+     phase two (gmseg.downstream: synthetic set from G + A, fresh segmenter;
+     with `downstream.finetune_steps` > 0 also "LAGM + labelled", that
+     segmenter fine-tuned on the k faces);
   2. baselines in the same harness (same segmenter, input size, evaluation):
      'supervised' (the segmenter on the k labelled faces alone, augmented,
      for the phase-one number of segmenter updates) and 'rendered' (LAGM with
      k analytically rendered faces as the labelled set instead of photos);
-  3. evaluation of every segmenter on the test faces: pACC, mIoU, FG-mIoU,
-     per-class IoU, plus a grid of test faces with predictions each.
+  3. evaluation of every segmenter on the frontal test faces (`data.
+     test_split` of `data.eval_dataset`) and on the validation faces
+     (`data.val_split` of `data.val_dataset`: in configs/faces.py the 182
+     multipose V3 faces, other people in 13 head poses): pACC, mIoU, FG-mIoU,
+     per-class IoU, plus a grid of test faces with predictions each;
+  4. the curve of phase one: every saved phase-one segmenter scored on both
+     sets (`curve.json`), so a reader sees whether more steps would help.
 
-Every model is scored at its last step: FASSEG has no validation split, and
-choosing snapshots on the test faces would flatter every row.
+Every evaluation set is prepared the same way for every row (`build.
+eval_transform`), whatever a row's labelled set needs. Every model is scored
+at its last step; defaults are chosen on the validation faces, never on the
+frontal test faces.
 """
 import json
 import pathlib
@@ -33,42 +42,94 @@ def rendered_config(config) -> ml_collections.ConfigDict:
   the configured evaluation dataset."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.data.eval_dataset = build.eval_dataset(config)
+  c.data.val_dataset = build.val_dataset(config)
+  # The labelled rendered faces are square already ('resize'); the evaluation
+  # faces stay prepared as every other row's.
+  c.data.eval_transform = build.eval_transform(config)
   c.data.dataset = "rendered_faces"
-  c.data.transform = "resize"  # rendered faces are square already
+  c.data.transform = "resize"
   return c
 
 
-def score(workdir, which: str, config, test: dict, grid_path) -> dict:
-  """Scores a run's latest segmenter on `test` and writes a prediction grid.
+def eval_sets(config) -> dict:
+  """{'test': frontal test faces, 'val': validation faces (when another set)},
+  each {'image': `[N, R, R, 3]` in [-1, 1], 'label': `[N, R, R]`}."""
+  sets = {"test": build.eval_arrays(config, config.data.test_split)}
+  if not build.test_is_val(config):
+    sets["val"] = build.val_arrays(config)
+  return sets
+
+
+def _scores(result: dict) -> dict:
+  return {k: (v.tolist() if isinstance(v, np.ndarray) else float(v))
+          for k, v in result.items() if k in ("pacc", "miou", "fg_miou", "iou")}
+
+
+def score_params(module, params, stats, config, sets: dict) -> dict:
+  """{set name: pacc, miou, fg_miou, iou} of one segmenter on each set."""
+  fn = restore.predict_fn(module)
+  predict = lambda x: fn(params, stats, x)
+  return {name: _scores(evaluate.evaluate_segmenter(
+      predict, data["image"], data["label"], build.num_classes(config),
+      batch_size=config.train.eval_batch)) for name, data in sets.items()}
+
+
+def curve(run_dir, config, sets: dict) -> list:
+  """Every saved phase-one segmenter of `run_dir` scored on `sets`.
+
+  Returns:
+    [{'step': s, <set name>: {pacc, miou, fg_miou, iou}}, ...] by step.
+  """
+  from gmseg import checkpoint  # pylint: disable=g-import-not-at-top
+  directory = restore.checkpoint_dir(run_dir, "annotate")
+  ckpt = checkpoint.Checkpointer(directory, async_save=False)
+  saved = ckpt.all_steps()
+  ckpt.close()
+  module = restore.segmenter_module(config, "annotate")
+  out = []
+  for step in saved:
+    _, params, stats = restore.restore_segmenter(run_dir, "annotate", step, config)
+    out.append({"step": int(step), **score_params(module, params, stats, config, sets)})
+  return out
+
+
+def score(workdir, which: str, config, sets: dict, grid_path) -> dict:
+  """Scores a run's latest segmenter on `sets` and writes a prediction grid
+  of the test faces.
 
   Args:
     which: 'annotate' (phase-one or baseline S) or 'downstream'.
-    test: {'image': `[N, R, R, 3]` in [-1, 1], 'label': `[N, R, R]`}.
+    sets: see `eval_sets`.
   Returns:
-    pacc, miou, fg_miou, iou (list) and the step scored.
+    pacc, miou, fg_miou, iou (list) on sets['test'], and 'val': the same on
+    sets['val'] when present.
   """
   module, params, stats = restore.restore_segmenter(workdir, which, "latest", config)
+  scores = score_params(module, params, stats, config, sets)
+  test = sets["test"]
   fn = restore.predict_fn(module)
-  predict = lambda x: fn(params, stats, x)
-  result = evaluate.evaluate_segmenter(predict, test["image"], test["label"],
-                                       build.num_classes(config),
-                                       batch_size=config.train.eval_batch)
   faces = test["image"][:GRID_FACES]
-  pred = np.asarray(jax.device_get(predict(faces))).argmax(-1)
+  pred = np.asarray(jax.device_get(fn(params, stats, faces))).argmax(-1)
   # Rows: test face / ground truth / prediction.
   pal = viz.palette_for(config.class_names)
   viz.save_png(grid_path, viz.grid([viz.to_uint8(faces),
                                     viz.colorize(test["label"][:GRID_FACES], pal),
                                     viz.colorize(pred, pal)]))
-  return {k: (v.tolist() if isinstance(v, np.ndarray) else float(v))
-          for k, v in result.items() if k in ("pacc", "miou", "fg_miou", "iou")}
+  row = dict(scores["test"])
+  if "val" in scores:
+    row["val"] = scores["val"]
+  return row
 
 
-def table(rows: dict, class_names: Sequence[str]) -> str:
-  """Markdown table: method, pACC, mIoU, FG-mIoU and per-class IoU (x100)."""
+def table(rows: dict, class_names: Sequence[str], which: str = "test") -> str:
+  """Markdown table: method, pACC, mIoU, FG-mIoU and per-class IoU (x100) on
+  the test faces (which='test') or the validation faces ('val')."""
   head = ["method", "pACC", "mIoU", "FG-mIoU", *class_names[1:]]
   out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for name, r in rows.items():
+  for name, row in rows.items():
+    r = row if which == "test" else row.get("val")
+    if r is None:
+      continue
     vals = [r["pacc"], r["miou"], r["fg_miou"], *r["iou"][1:]]
     out.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + " |")
   return "\n".join(out)
@@ -84,32 +145,44 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
   if unknown:
     raise ValueError(f"Unknown baselines {sorted(unknown)}; choose from {BASELINES}.")
   workdir = pathlib.Path(workdir)
-  test = build.eval_arrays(config, config.data.test_split)
+  sets = eval_sets(config)
   grid_dir = workdir / "grids"
-  rows, grids = {}, {}
+  rows, grids, curves = {}, {}, {}
 
   def add(name, run_dir, which, cfg):
-    path = grid_dir / f"test_{name.replace(' ', '_').replace('(', '').replace(')', '')}.png"
-    rows[name] = score(run_dir, which, cfg, test, path)
+    slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+    path = grid_dir / f"test_{slug}.png"
+    rows[name] = score(run_dir, which, cfg, sets, path)
     grids[name] = str(path)
-    logging.info("%s: FG-mIoU %.4f", name, rows[name]["fg_miou"])
+    logging.info("%s: FG-mIoU test %.4f, val %s", name, rows[name]["fg_miou"],
+                 rows[name].get("val", {}).get("fg_miou"))
 
-  def lagm(name, cfg, run_dir):
+  def lagm(name, cfg, run_dir, with_curve=False):
     annotate.train_and_evaluate(cfg, run_dir)
     downstream.run(cfg, run_dir, annotator_step="latest")
     add(f"{name} (downstream S)", run_dir, "downstream", cfg)
     add(f"{name} (phase-one S)", run_dir, "annotate", cfg)
+    if int(cfg.downstream.get("finetune_steps", 0)) > 0:
+      add(f"{name} + labelled", downstream.finetune_dir(run_dir), "annotate", cfg)
+    if with_curve:
+      curves[name] = curve(run_dir, cfg, sets)
 
-  lagm("LAGM", config, workdir / "lagm")
+  lagm("LAGM", config, workdir / "lagm", with_curve=True)
   if "supervised" in baselines:
     supervised.train(config, workdir / "supervised")
     add("supervised", workdir / "supervised", "annotate", config)
   if "rendered" in baselines:
     lagm("rendered labels", rendered_config(config), workdir / "rendered")
 
-  text = table(rows, config.class_names)
+  text = f"Test faces ({build.eval_dataset(config)} {config.data.test_split}):\n\n"
+  text += table(rows, config.class_names)
+  if "val" in sets:
+    text += (f"\n\nValidation faces ({build.val_dataset(config)} {config.data.val_split}):"
+             "\n\n" + table(rows, config.class_names, "val"))
   (workdir / "results.md").write_text(text + "\n")
+  (workdir / "curve.json").write_text(json.dumps(curves, indent=1))
   (workdir / "results.json").write_text(json.dumps(
       {"rows": rows, "grids": grids, "num_labelled": config.data.num_labelled,
-       "class_names": list(config.class_names)}, indent=1))
-  return {"rows": rows, "table": text, "grids": grids}
+       "class_names": list(config.class_names),
+       "sets": {name: len(data["image"]) for name, data in sets.items()}}, indent=1))
+  return {"rows": rows, "table": text, "grids": grids, "curves": curves}

@@ -20,12 +20,17 @@ class Annotator(nn.Module):
     num_layers: head depth; the paper uses 3 (two blocks + classifier).
     norm: 'group' (default), 'batch' (paper) or 'none'.
     out_size: (H, W) of the logits; defaults to the largest feature map.
+    head_size: (H, W) the fused pyramid is bilinearly upsampled to before the
+      head (DatasetGAN-style pixel features: the head then sees every output
+      pixel, e.g. the image's 64x64 rather than the DCGAN's 32x32); None keeps
+      the largest feature map's size (paper).
   """
   num_classes: int
   tmp_channels: int = 128
   num_layers: int = 3
   norm: str = "group"
   out_size: Optional[tuple[int, int]] = None
+  head_size: Optional[tuple[int, int]] = None
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], train: bool = False):
@@ -41,6 +46,8 @@ class Annotator(nn.Module):
     for i, f in enumerate(features):
       lateral = nn.Conv(self.tmp_channels, (1, 1), name=f"lateral{i}")(f)
       x = lateral if x is None else layers.resize_to(x, lateral.shape[1:3]) + lateral
+    if self.head_size is not None:
+      x = layers.resize_to(x, tuple(self.head_size))
     for j in range(self.num_layers - 1):
       x = layers.conv_norm_relu(x, self.tmp_channels, self.norm, train,
                                 f"head{j}", use_bias=False)

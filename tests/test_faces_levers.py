@@ -1,0 +1,100 @@
+"""Faces levers beyond the paper (issue 9): annotator inputs, head resolution,
+learning-rate schedules, the gradient filter, evaluation preparation."""
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from gmseg import build, downstream, matching, state as state_lib, steps
+from gmseg.experiments import faces
+
+_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def _config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", _CONFIGS / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return ml_collections.ConfigDict(mod.get_config(arg).to_dict())
+
+
+def test_image_input_and_pixel_head_shapes():
+  c = _config("tiny")
+  gen = build.generator(c)
+  z = jnp.ones((2, gen.z_dim))
+  _, feats = gen.apply_fn(gen.params, z, jax.random.PRNGKey(0))
+  c.annotator.inputs = "features+image"
+  images, feats2 = build.annotator_gen_fn(c, gen)(gen.params, z, jax.random.PRNGKey(0))
+  assert len(feats2) == len(feats) + 1 and feats2[-1].shape == images.shape
+  np.testing.assert_array_equal(feats2[-1], images)
+  # Paper head: logits at the largest feature map; 'image': at the image size.
+  largest = feats[-1].shape[1:3]
+  for head, inputs, hw in (("features", "features", largest), ("image", "features", (32, 32)),
+                           ("features", "features+image", (32, 32))):
+    c.annotator.update(head_resolution=head, inputs=inputs)
+    ann = build.annotator(c, image_hw=(32, 32))
+    f = build.annotator_gen_fn(c, gen)(gen.params, z, jax.random.PRNGKey(0))[1]
+    logits, _ = ann.init_with_output(jax.random.PRNGKey(1), f)
+    assert logits.shape == (2, *hw, len(c.class_names)), (head, inputs)
+  c.annotator.inputs = "pixels"
+  with pytest.raises(ValueError, match="annotator.inputs='pixels'"):
+    build.annotator_gen_fn(c, gen)
+
+
+def test_learning_rate_warmup_and_cosine():
+  o = ml_collections.ConfigDict({"lr": 1e-3, "warmup": 10, "schedule": "constant"})
+  lr = build.learning_rate(o, 100)
+  np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(50)], [0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+  o.schedule = "cosine"
+  lr = build.learning_rate(o, 110)
+  np.testing.assert_allclose([lr(10), lr(60), lr(110)], [1e-3, 5e-4, 0], atol=1e-9)
+  o.update(warmup=0, schedule="constant")
+  assert build.learning_rate(o, 100) == 1e-3  # the paper: a plain rate
+  o.schedule = "step"
+  with pytest.raises(ValueError, match="schedule='step'"):
+    build.learning_rate(o, 100)
+
+
+def test_gradient_filter_distance_is_the_methods_distance():
+  c = _config("tiny")
+  gen = build.generator(c)
+  method = build.method(c, gen)
+  s = state_lib.init_state(method, gen.params, seed=0)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 6, (3, 32, 32)).astype(np.uint8)
+  x = images.astype(np.float32) / 127.5 - 1.0
+  matched, rest = matching.split(s.seg_params, method.matched)
+
+  def grad_of(i):
+    def loss(m):
+      logits, _ = steps.apply_model(method.segmenter, matching.merge(m, rest), s.seg_stats,
+                                    jnp.asarray(x[i:i + 1]), train=False)
+      from gmseg import losses
+      return losses.hard_cross_entropy(logits, jnp.asarray(labels[i:i + 1], jnp.int32))
+    return jax.grad(loss)(matched)
+
+  g0 = grad_of(0)
+  d = np.asarray(downstream.gradient_distances(s.seg_params, s.seg_stats, images, labels, g0,
+                                               method=method))
+  assert d.shape == (3,) and abs(d[0]) < 1e-5  # an example agrees perfectly with itself
+  want = matching.matching_distance(grad_of(2), g0, method.metric, method.row_reduction,
+                                    method.tensor_reduction, method.vectors)
+  np.testing.assert_allclose(d[2], want, rtol=1e-4)
+  assert d[1] > 0.05 and d[2] > 0.05
+  keep = downstream._select("gradient", ml_collections.ConfigDict({"keep_fraction": 2 / 3}),
+                            np.zeros(3), d)  # pylint: disable=protected-access
+  assert keep.tolist() == [True, d[1] <= d[2], d[2] < d[1]]
+
+
+def test_every_row_prepares_evaluation_faces_alike():
+  c = _config("faces", "num=2")
+  r = faces.rendered_config(c)
+  assert r.data.transform == "resize" and build.eval_transform(r) == "square_crop"
+  assert build.eval_transform(c) == "square_crop"
+  assert (build.val_dataset(r), build.eval_dataset(r)) == ("fasseg/multipose01", "fasseg/frontal02")
+  assert not build.test_is_val(c)
