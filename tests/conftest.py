@@ -30,3 +30,69 @@ def shared_path(*parts: str) -> pathlib.Path:
 def shared():
   """The shared folder; use as `shared_path(...)` for sub-paths."""
   return shared_path()
+
+
+def tiny_annotate_config(data_dir, **downstream_overrides):
+  """A locked tiny config on the offline rendered faces at 16x16 (a 16-wide random
+  generator, a 1-layer annotator, a 4..8-wide UNet); `downstream_overrides`
+  set `config.downstream` keys (10 images, batches of 4, 2 epochs by default)."""
+  from gmseg import config_base  # lazy: conftest stays cheap for tests without jax
+  c = config_base.get_base()
+  c.generator.kwargs = {"resolution": 16, "width": 16, "z_dim": 8}
+  c.data.dataset = "rendered_faces"
+  c.data.resolution = 16
+  c.data.num_val = 4
+  c.data.data_dir = str(data_dir)
+  c.annotator.tmp_channels = 8
+  c.annotator.num_layers = 1
+  c.segmenter.widths = (4, 4, 8, 8, 8)
+  c.train.eval_batch = 4
+  c.train.log_every = 1
+  c.downstream.num_images = 10
+  c.downstream.gen_batch = 4   # 3 batches, the last one trimmed
+  c.downstream.batch = 4       # 2 steps per epoch on 10 images
+  c.downstream.epochs = 2
+  c.downstream.update(downstream_overrides)
+  c.lock()
+  return c
+
+
+def perturbed(tree, seed: int, scale: float):
+  """`tree` plus `scale` * N(0, 1) noise, its own key per leaf (from `seed`)."""
+  import jax  # lazy, as above
+  keys = iter(jax.random.split(jax.random.PRNGKey(seed), 1000))
+  return jax.tree.map(lambda x: x + scale * jax.random.normal(next(keys), x.shape), tree)
+
+
+@pytest.fixture(scope="session")
+def tiny_annotate(tmp_path_factory):
+  """A tiny annotate phase, built once a session (test_downstream, test_restore_eval).
+
+  Returns a dict: `data_dir` (tfds folder; the rendered faces are built there
+  once), `config` (`tiny_annotate_config`), `gen`, `method`, `state` (the
+  initial TrainState, seed 0) and `write_run(workdir, snapshots)`, which writes
+  config.json and a Checkpointer (best = highest fg_miou) holding
+  `snapshots: {step: (TrainState, fg_miou)}`, and returns `workdir`.
+  """
+  import jax.numpy as jnp  # lazy, as above
+  from gmseg import build, checkpoint, metric_writers
+  from gmseg import state as state_lib
+  data_dir = tmp_path_factory.getbasetemp() / "tfds_rendered"
+  config = tiny_annotate_config(data_dir)
+  gen = build.generator(config)
+  method = build.method(config, gen)
+  state = state_lib.init_state(method, gen.params, 0)
+
+  def write_run(workdir, snapshots):
+    metric_writers.write_config(workdir, config)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=len(snapshots),
+                                   best_key="fg_miou")
+    for step, (snapshot, fg_miou) in snapshots.items():
+      ckpt.save(step, snapshot.replace(step=jnp.int32(step)),
+                meta={"config": config.to_dict()}, metrics={"fg_miou": fg_miou})
+    ckpt.wait()
+    ckpt.close()
+    return workdir
+
+  return dict(data_dir=data_dir, config=config, gen=gen, method=method, state=state,
+              write_run=write_run)

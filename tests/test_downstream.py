@@ -1,8 +1,8 @@
 """Phase two: generation (labels, confidence, filters), the tfds set, training and resume.
 
 A tiny annotate-phase workdir (config.json + 3 annotator snapshots whose
-parameters differ, best = step 10) is built once; each test copies it, since
-phase two writes into `<workdir>/downstream`.
+parameters differ, best = step 10; conftest's `tiny_annotate`) is built once;
+each test copies it, since phase two writes into `<workdir>/downstream`.
 """
 import json
 import shutil
@@ -13,62 +13,26 @@ import numpy as np
 import optax
 import pytest
 
-from gmseg import build
 from gmseg import checkpoint
-from gmseg import config_base
 from gmseg import downstream
 from gmseg import metric_writers
 from gmseg import restore
-from gmseg import state as state_lib
 from gmseg import steps
 from gmseg.data import synthetic
 
+from conftest import perturbed
+from conftest import tiny_annotate_config as tiny_config
+
 SNAPSHOTS = {5: 0.1, 10: 0.3, 15: 0.2}  # step -> validation FG-mIoU; best: 10
-N = 10
-
-
-def tiny_config(data_dir, **downstream_overrides):
-  c = config_base.get_base()
-  c.generator.kwargs = {"resolution": 16, "width": 16, "z_dim": 8}
-  c.data.dataset = "rendered_faces"
-  c.data.resolution = 16
-  c.data.num_val = 4
-  c.data.data_dir = str(data_dir)
-  c.annotator.tmp_channels = 8
-  c.annotator.num_layers = 1
-  c.segmenter.widths = (4, 4, 8, 8, 8)
-  c.train.eval_batch = 4
-  c.train.log_every = 1
-  c.downstream.num_images = N
-  c.downstream.gen_batch = 4   # 3 batches, the last one trimmed
-  c.downstream.batch = 4       # 2 steps per epoch on 10 images
-  c.downstream.epochs = 2
-  c.downstream.update(downstream_overrides)
-  c.lock()
-  return c
+N = 10  # tiny_config's downstream.num_images
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  # The same data_dir as test_restore_eval.py: the rendered faces are built once a session.
-  data_dir = tmp_path_factory.getbasetemp() / "tfds_rendered"
-  config = tiny_config(data_dir)
-  base = tmp_path_factory.mktemp("annotate_run")
-  gen = build.generator(config)
-  method = build.method(config, gen)
-  state = state_lib.init_state(method, gen.params, 0)
-  metric_writers.write_config(base, config)
-  ckpt = checkpoint.Checkpointer(base / "checkpoints", keep=3, best_key="fg_miou")
-  ann = {}
-  for step, fg in SNAPSHOTS.items():
-    keys = iter(jax.random.split(jax.random.PRNGKey(step), 1000))
-    params = jax.tree.map(lambda x: x + 0.5 * jax.random.normal(next(keys), x.shape),
-                          state.ann_params)
-    ckpt.save(step, state.replace(step=jnp.int32(step), ann_params=params),
-              meta={"config": config.to_dict()}, metrics={"fg_miou": fg})
-    ann[step] = params
-  ckpt.wait()
-  ckpt.close()
+def setup(tiny_annotate, tmp_path_factory):
+  run = tiny_annotate
+  ann = {step: perturbed(run["state"].ann_params, step, 0.5) for step in SNAPSHOTS}
+  base = run["write_run"](tmp_path_factory.mktemp("annotate_run"), {
+      step: (run["state"].replace(ann_params=ann[step]), fg) for step, fg in SNAPSHOTS.items()})
   counter = iter(range(100))
 
   def workdir():
@@ -76,8 +40,8 @@ def setup(tmp_path_factory):
     shutil.copytree(base, path)
     return path
 
-  return dict(data_dir=data_dir, gen=gen, method=method, state=state, ann=ann,
-              workdir=workdir)
+  return dict(data_dir=run["data_dir"], gen=run["gen"], method=run["method"],
+              state=run["state"], ann=ann, workdir=workdir)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ evaluate module on the same parameters; best/latest/N step resolution; the
 launch/evaluate.py CLI writes JSON.
 
 One tiny annotate-phase workdir (a Checkpointer holding 6 snapshots whose
-segmenter parameters differ) serves every test; the labelled set is the
-offline rendered faces, resized to 16x16.
+segmenter parameters differ, on conftest's `tiny_annotate`) serves every
+test; the labelled set is the offline rendered faces, resized to 16x16.
 """
 import json
 import pathlib
@@ -12,18 +12,16 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gmseg import build
 from gmseg import checkpoint
-from gmseg import config_base
 from gmseg import evaluate
-from gmseg import metric_writers
 from gmseg import restore
-from gmseg import state as state_lib
 from gmseg import steps
+
+from conftest import perturbed
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SNAPSHOTS = (2, 4, 6, 8, 10, 12)
@@ -31,45 +29,13 @@ VAL_FG_MIOU = {2: 0.1, 4: 0.5, 6: 0.2, 8: 0.3, 10: 0.4, 12: 0.05}  # best: step 
 N_TEST = 10
 
 
-def tiny_config(data_dir):
-  c = config_base.get_base()
-  c.generator.kwargs = {"resolution": 16, "width": 16, "z_dim": 8}
-  c.data.dataset = "rendered_faces"
-  c.data.resolution = 16
-  c.data.num_val = 4
-  c.data.data_dir = str(data_dir)
-  c.annotator.tmp_channels = 8
-  c.annotator.num_layers = 1
-  c.segmenter.widths = (4, 4, 8, 8, 8)
-  c.train.eval_batch = 4
-  c.lock()
-  return c
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  # The same data_dir as test_downstream.py: the rendered faces are built once a session.
-  data_dir = tmp_path_factory.getbasetemp() / "tfds_rendered"
-  config = tiny_config(data_dir)
-  workdir = tmp_path_factory.mktemp("annotate_run")
-  gen = build.generator(config)
-  method = build.method(config, gen)
-  state = state_lib.init_state(method, gen.params, 0)
-  metric_writers.write_config(workdir, config)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=len(SNAPSHOTS),
-                                 best_key="fg_miou")
-  params = {}
-  for i, step in enumerate(SNAPSHOTS):
-    # Distinct segmenters: each snapshot's weights are the init plus noise.
-    keys = iter(jax.random.split(jax.random.PRNGKey(step), 1000))
-    seg = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(next(keys), x.shape),
-                       state.seg_params)
-    s = state.replace(step=jnp.int32(step), seg_params=seg)
-    ckpt.save(step, s, meta={"config": config.to_dict()},
-              metrics={"fg_miou": VAL_FG_MIOU[step]})
-    params[step] = seg
-  ckpt.wait()
-  ckpt.close()
+def run(tiny_annotate, tmp_path_factory):
+  config, method, state = (tiny_annotate[k] for k in ("config", "method", "state"))
+  # Distinct segmenters: each snapshot's weights are the init plus noise.
+  params = {step: perturbed(state.seg_params, step, 0.3) for step in SNAPSHOTS}
+  workdir = tiny_annotate["write_run"](tmp_path_factory.mktemp("annotate_run"), {
+      step: (state.replace(seg_params=params[step]), VAL_FG_MIOU[step]) for step in SNAPSHOTS})
   test = build.split_arrays(config, "test", limit=N_TEST)
   # One jitted apply with params as an argument: one compile for every snapshot.
   apply = jax.jit(lambda p, x: steps.predict(method, p, {}, x))
