@@ -23,10 +23,10 @@ from absl import app, flags
 
 from gmseg import cli
 from gmseg import workdir
-from gmseg.experiments import benchmark, faces
+from gmseg.experiments import benchmark, config_files, faces
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Benchmark folder (runs and reports).")
-CONFIG_FILE = flags.DEFINE_string("config_file", str(benchmark.DEFAULT_CONFIG),
+CONFIG_FILE = flags.DEFINE_string("config_file", str(config_files.DEFAULT_CONFIG),
                                   "Config file whose get_config(num,seed,steps,...) is run.")
 KS = flags.DEFINE_list("ks", [str(k) for k in benchmark.KS], "Labelled-face counts k.")
 SEEDS = flags.DEFINE_list("seeds", [str(s) for s in benchmark.SEEDS], "Seeds per k.")

@@ -13,10 +13,8 @@ step: seconds per step (median over interleaved rounds), their ratios,
 iterations/s of the A+S loop and peak memory. It writes `timing.md` and
 `timing.json`; `write_report` appends the timing table to `benchmark.md`.
 """
-import ast
 import datetime
 import functools
-import importlib.util
 import json
 import os
 import pathlib
@@ -26,16 +24,16 @@ import shlex
 import sys
 import time
 import traceback
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
+from gmseg.experiments import config_files
 from gmseg.experiments import faces
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "faces.py"
 KS = (1, 2, 5, 10, 20)
 SEEDS = (0, 1, 2)
 PLOT = "fg_miou_vs_k.png"
@@ -45,73 +43,10 @@ RUN_INFO = "benchmark_run.json"  # per run: the config it ran with, wall time
 # ----------------------------------------------------------------------------
 # Configs.
 
-def load_config(path=DEFAULT_CONFIG, arg: str = "") -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a config file, as an unlocked copy to override."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"Config file {path} not found; pass the path of a "
-                            "configs/*.py file (e.g. configs/faces.py).")
-  spec = importlib.util.spec_from_file_location(f"_bench_cfg_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return ml_collections.ConfigDict(module.get_config(arg or None).to_dict())
-
-
-def _parse_value(text: str, current: Any, key: str) -> Any:
-  """`text` converted to the type of the key's current value."""
-  if isinstance(current, bool):
-    if text.lower() in ("1", "true", "yes"):
-      return True
-    if text.lower() in ("0", "false", "no"):
-      return False
-    raise ValueError(f"--override {key}={text}: expected a boolean (true/false).")
-  if isinstance(current, (int, float)):
-    try:
-      return type(current)(float(text) if isinstance(current, float) else int(text))
-    except ValueError:
-      raise ValueError(f"--override {key}={text}: expected {type(current).__name__}.") from None
-  if isinstance(current, (tuple, list)):
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      raise ValueError(f"--override {key}={text}: expected a Python tuple such as "
-                       "'(16,32,64)'.") from None
-    return type(current)(value if isinstance(value, (tuple, list)) else (value,))
-  if isinstance(current, str):
-    return text
-  raise ValueError(f"--override {key}: a {type(current).__name__} value cannot be set "
-                   "from the command line; edit the config file.")
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Sequence[str]) -> ml_collections.ConfigDict:
-  """Sets dotted keys from `key=value` strings, typed like the current values.
-
-  E.g. `ann_optim.name=adam`, `downstream.epochs=1`, `segmenter.widths=(8,8,16,16,16)`.
-  Unknown keys are errors naming the known keys at that level.
-  """
-  for item in overrides:
-    if "=" not in item:
-      raise ValueError(f"--override {item!r} is not key=value (e.g. ann_optim.name=adam).")
-    key, text = item.split("=", 1)
-    *parents, leaf = key.strip().split(".")
-    node = config
-    for i, part in enumerate(parents + [leaf]):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        where = ".".join((parents + [leaf])[:i]) or "the config"
-        raise ValueError(f"--override {item!r}: {part!r} is not a key of {where}; "
-                         f"known: {known}.")
-      if i < len(parents):
-        node = node[part]
-    node[leaf] = _parse_value(text, node[leaf], key)
-  return config
-
-
 def faces_config(k: int, seed: int, *, steps: int, downstream_images: int,
                  downstream_epochs: Optional[int] = None,
                  overrides: Sequence[str] = (), manual_dir: str = "",
-                 data_dir: str = "", config_file=DEFAULT_CONFIG) -> ml_collections.ConfigDict:
+                 data_dir: str = "", config_file=config_files.DEFAULT_CONFIG) -> ml_collections.ConfigDict:
   """The faces config of one benchmark run (k labelled faces, one seed), locked."""
   for name, value in (("manual_dir", manual_dir), ("data_dir", data_dir)):
     if "," in str(value):
@@ -119,10 +54,10 @@ def faces_config(k: int, seed: int, *, steps: int, downstream_images: int,
                        "argument string cannot carry; use a path without commas.")
   arg = (f"num={k},seed={seed},steps={steps},downstream_images={downstream_images},"
          f"manual_dir={manual_dir},data_dir={data_dir}")
-  config = load_config(config_file, arg)
+  config = config_files.load_config(config_file, arg)
   if downstream_epochs is not None:
     config.downstream.epochs = int(downstream_epochs)
-  return apply_overrides(config, overrides).lock()
+  return config_files.apply_overrides(config, overrides).lock()
 
 
 # ----------------------------------------------------------------------------
@@ -172,7 +107,8 @@ def run_dir(workdir, k: int, seed: int) -> pathlib.Path:
 def sweep(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS, *,
           steps: int, downstream_images: int, downstream_epochs: Optional[int] = None,
           overrides: Sequence[str] = (), manual_dir: str = "", data_dir: str = "",
-          baselines: Sequence[str] = faces.BASELINES, config_file=DEFAULT_CONFIG,
+          baselines: Sequence[str] = faces.BASELINES,
+          config_file=config_files.DEFAULT_CONFIG,
           command: Optional[str] = None) -> dict:
   """Runs the missing (k, seed) runs, then aggregates every finished one.
 

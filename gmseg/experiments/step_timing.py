@@ -32,6 +32,7 @@ from gmseg import build
 from gmseg import config_base
 from gmseg import state as state_lib
 from gmseg import steps
+from gmseg.experiments import config_files
 from gmseg.models import generators
 
 PRESETS = ("a", "b", "c", "faces")
@@ -55,8 +56,7 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
   if name not in PRESETS:
     raise ValueError(f"Unknown preset {name!r}; use one of {PRESETS}.")
   if name == "faces":
-    from gmseg.experiments import benchmark  # lazy: it imports this module
-    return benchmark.load_config(benchmark.DEFAULT_CONFIG, "num=2")
+    return config_files.load_config(config_files.DEFAULT_CONFIG, "num=2")
   c = config_base.get_base()
   c.class_names = config_base.FASSEG_CLASSES
   c.generator = ml_collections.ConfigDict({"name": "stylegan2_tiny_random",
@@ -182,8 +182,7 @@ def time_steps(config, gen: generators.Generator, batch: dict, reps: int = 5) ->
 
 def run_preset(name: str, reps: int = 5, overrides: Sequence[str] = ()) -> dict:
   """`time_steps` of a preset (with `key=value` config overrides)."""
-  from gmseg.experiments import benchmark  # lazy: it imports this module
-  config = benchmark.apply_overrides(preset_config(name), overrides).lock()
+  config = config_files.apply_overrides(preset_config(name), overrides).lock()
   result = time_steps(config, preset_generator(config), random_batch(config), reps)
   return {"preset": name, "overrides": list(overrides), **result}
 
