@@ -29,11 +29,12 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-  workdir.check(WORKDIR.value)  # before the datasets and models load
   config = CONFIG.value
   if MANUAL_DIR.value:
     config.data.manual_dir = MANUAL_DIR.value
-  result = faces.run(config, WORKDIR.value, baselines=BASELINES.value)
+  # One run per workdir, checked before the datasets and models load.
+  with workdir.hold(WORKDIR.value, multihost=False):
+    result = faces.run(config, WORKDIR.value, baselines=BASELINES.value)
   print(f"\nTest faces ({config.data.num_labelled} labelled), scores x100:\n")
   print(result["table"])
   print("\nGrids (test face / truth / prediction):")
