@@ -34,7 +34,8 @@ VERBOSE = flags.DEFINE_bool(
 _OUR_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
                   + os.sep for d in ("gmseg", "launch", "configs"))
 # Library warnings that say nothing a gmseg user can act on.
-_QUIET_WARNINGS = ("OpenCV is not installed",)
+_QUIET_WARNINGS = ("OpenCV is not installed",  # tfds: PIL decodes our PNGs fine
+                   "Variant folder")           # tfds probing a dataset folder being written
 
 
 class _OursOrWarnings(std_logging.Filter):

@@ -172,3 +172,18 @@ def test_bad_config_argument_is_one_line(tmp_path):
   assert proc.returncode == 1
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and "Unknown config argument 'stpes'" in lines[0], proc.stderr
+
+
+def test_default_output_keeps_ours_and_library_warnings():
+  import logging as std_logging
+  from gmseg import cli
+  keep = cli._OursOrWarnings().filter
+
+  def record(path, level, msg):
+    return std_logging.LogRecord("absl", level, path, 1, msg, None, None)
+  lib = "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  assert not keep(record(lib, std_logging.INFO, "Saving checkpoint"))
+  assert keep(record(lib, std_logging.WARNING, "a real warning"))
+  assert not keep(record("/venv/site-packages/tensorflow_datasets/core/features/image_feature.py",
+                         std_logging.WARNING, "OpenCV is not installed. We recommend ..."))
+  assert keep(record(str(REPO / "gmseg" / "progress.py"), std_logging.INFO, "step 10/20"))
