@@ -252,6 +252,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
   progress = progress_lib.Progress(tc.steps, start_step=start, log=is_main)
 
   p_ann, p_seg, _ = parallel.pmap_steps(method)
+  p_iter = parallel.pmap_iteration(method)  # compiled only when both steps are due
   predict_fn = make_predict_fn(method)
   samples_fn = jax.jit(lambda st, gp, z, r: steps.annotate_samples(method, st, gp, z, r))
   grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _GRID_TAG)
@@ -284,15 +285,20 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
       grids(step)
     while step < tc.steps:
       metrics = {}
-      if step % tc.ann_every == 0:
+      ann_due, seg_due = step % tc.ann_every == 0, step % tc.seg_every == 0
+      if ann_due and seg_due:  # both steps as one program (one dispatch)
         batch = parallel.shard_batch(sampler.batch(step))
-        r_state, m = p_ann(r_state, batch, r_gen)
-        metrics.update(m)
-      if step % tc.seg_every == 0:
-        r_state, m = p_seg(r_state, r_gen)
-        metrics.update(m)
+        r_state, metrics = p_iter(r_state, batch, r_gen)
       else:
-        r_state = r_state.replace(step=r_state.step + 1)
+        if ann_due:
+          batch = parallel.shard_batch(sampler.batch(step))
+          r_state, m = p_ann(r_state, batch, r_gen)
+          metrics.update(m)
+        if seg_due:
+          r_state, m = p_seg(r_state, r_gen)
+          metrics.update(m)
+        else:
+          r_state = r_state.replace(step=r_state.step + 1)
       step += 1
       pending.append((step, metrics))
       progress.update(step)

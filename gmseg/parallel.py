@@ -109,6 +109,14 @@ def pmap_steps(method: Method, devices=None) -> tuple[Callable, Callable, Callab
           wrap(steps.supervised_step))
 
 
+def pmap_iteration(method: Method, devices=None) -> Callable:
+  """pmapped `steps.iteration_step`: `(state, batch, gen_params) -> (state,
+  metrics)`, an annotator and a segmenter step in one program (one dispatch,
+  the state donated). Arguments as `pmap_steps`."""
+  return jax.pmap(functools.partial(steps.iteration_step, method=method, axis_name=AXIS),
+                  axis_name=AXIS, devices=devices, donate_argnums=(0,))
+
+
 def init_distributed(multihost: bool, coordinator_address: Optional[str] = None,
                      num_processes: Optional[int] = None,
                      process_id: Optional[int] = None) -> None:

@@ -16,7 +16,7 @@ import json
 
 from absl import app, flags
 
-from gmseg import compile_cache
+from gmseg import cli
 from gmseg.experiments import step_timing
 
 PRESET = flags.DEFINE_enum("preset", "b", list(step_timing.PRESETS), "Setup to time.")
@@ -29,7 +29,6 @@ OVERRIDE = flags.DEFINE_multi_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-  compile_cache.enable()
   result = step_timing.run_preset(PRESET.value, REPS.value, OVERRIDE.value)
   if JSON.value:
     print(json.dumps(result))
@@ -39,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)  # also turns on the persistent compilation cache

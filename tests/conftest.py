@@ -10,6 +10,13 @@ import pathlib
 
 import pytest
 
+from gmseg import compile_cache
+
+# A rerun of the suite loads compiled programs from disk ($GMSEG_JAX_CACHE,
+# default ~/.cache/gmseg/jax; 'off' disables; CI can keep the folder).
+compile_cache.enable()
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

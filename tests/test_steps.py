@@ -214,3 +214,18 @@ def test_iteration_step_is_annotator_then_segmenter_step():
   assert set(m_one) == set(m_a) | set(m_s) and int(s_one.step) == 1
   for a, b in zip(jax.tree.leaves(s_one), jax.tree.leaves(s_sep)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_compile_cache_folder_and_off(tmp_path, monkeypatch):
+  from gmseg import compile_cache
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    monkeypatch.setenv(compile_cache.ENV, "off")
+    assert compile_cache.enable() is None
+    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "c"))
+    assert compile_cache.enable() == str(tmp_path / "c")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "c")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    assert (tmp_path / "c").is_dir()
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)

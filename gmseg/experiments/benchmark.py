@@ -7,19 +7,17 @@ over seeds, x100) per method and k into `benchmark.md`, `benchmark.json` and
 the plot `fg_miou_vs_k.png`. Missing runs are left out of the aggregate, so a
 partial sweep still reports what it has.
 
-`timing(...)` measures, in one process on the same labelled batch, the
-jitted annotator (gradient-matching) step, segmenter step and supervised
-step: seconds per step (median over interleaved rounds), their ratios,
-iterations/s of the A+S loop and peak memory. It writes `timing.md` and
-`timing.json`; `write_report` appends the timing table to `benchmark.md`.
+`timing(...)` runs `gmseg.experiments.step_timing.time_steps` (annotator,
+segmenter and supervised step and the whole iteration, side by side in one
+process, medians, ratios, compile seconds, peak memory) on the faces
+config's first labelled batch. It writes `timing.md` and `timing.json`;
+`write_report` appends the timing table to `benchmark.md`.
 """
 import datetime
-import functools
 import json
 import os
 import pathlib
 import platform
-import resource
 import shlex
 import sys
 import time
@@ -333,90 +331,24 @@ def write_report(workdir, agg: Optional[dict], head: dict,
 # ----------------------------------------------------------------------------
 # Step timing.
 
-def _peak_memory() -> dict:
-  """Peak host RSS (ru_maxrss: KiB on Linux, bytes on macOS) and, where the
-  backend reports it, the device's peak bytes in use."""
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  rss_bytes = rss if sys.platform == "darwin" else rss * 1024
-  out = {"host_peak_rss_mib": rss_bytes / 2**20}
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:  # pylint: disable=broad-except
-    stats = None
-  if stats and "peak_bytes_in_use" in stats:
-    out["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
-  return out
-
-
 def timing(config, workdir, reps: int = 10, command: Optional[str] = None) -> dict:
-  """Times annotator, segmenter and supervised steps side by side.
-
-  One process, one device, `jax.jit` of each step (the state donated, as in
-  training) on one labelled batch of `config.batch.labelled` faces. Each is
-  compiled and run once first (compile time reported separately); then
-  `reps` rounds each run A, S, supervised and the A+S loop iteration in turn,
-  blocking on every result; the medians are reported. Host-side work
-  (sampling, augmentation, checkpoints, evaluation) is not counted.
+  """Times annotator, segmenter, supervised steps and the whole iteration side
+  by side (`gmseg.experiments.step_timing.time_steps`) on the first labelled
+  batch of `config`; writes `<workdir>/timing.{md,json}`.
 
   Returns:
-    Seconds per step, compile seconds, ratios, loop iterations/s, peak memory
-    and the sizes involved; also written to `<workdir>/timing.{md,json}`.
+    The `time_steps` result plus this run's header (command, machine, date).
   """
-  from gmseg import annotate, build, steps  # lazy: pulls the data pipeline
-  from gmseg import state as state_lib
+  from gmseg import annotate, build  # lazy: pulls the data pipeline
   from gmseg.data import pipeline
+  from gmseg.experiments import step_timing
 
-  if reps < 1:
-    raise ValueError(f"reps={reps} must be >= 1.")
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  gen = build.generator(config)
-  method = build.method(config, gen, devices=1)
   labelled = annotate.labelled_arrays(config)
-  sampler = pipeline.Sampler(labelled, config.batch.labelled, config.seed)
-  batch = jax.device_put({k: np.asarray(v) for k, v in sampler.batch(0).items()})
-  gen_params = jax.device_put(gen.params)
-  state = jax.jit(lambda p: state_lib.init_state(method, p, config.seed))(gen_params)
-
-  jit = lambda fn: jax.jit(functools.partial(fn, method=method), donate_argnums=0)
-  a_step, s_step, sup_step = (jit(steps.annotator_step), jit(steps.segmenter_step),
-                              jit(steps.supervised_step))
-  calls = {"annotator": lambda st: a_step(st, batch, gen_params)[0],
-           "segmenter": lambda st: s_step(st, gen_params)[0],
-           "supervised": lambda st: sup_step(st, batch)[0]}
-  calls["loop (A+S)"] = lambda st: calls["segmenter"](calls["annotator"](st))
-
-  compile_s = {}
-  for name in ("annotator", "segmenter", "supervised"):
-    t = time.perf_counter()
-    state = jax.block_until_ready(calls[name](state))
-    compile_s[name] = time.perf_counter() - t
-  times = {name: [] for name in calls}
-  for _ in range(reps):
-    for name, call in calls.items():
-      t = time.perf_counter()
-      state = jax.block_until_ready(call(state))
-      times[name].append(time.perf_counter() - t)
-
-  med = {name: float(np.median(v)) for name, v in times.items()}
-  count = lambda tree: int(sum(np.size(x) for x in jax.tree.leaves(tree)))
-  result = {
-      **header(command), "reps": reps, "seconds": med,
-      "seconds_min_max": {n: [float(min(v)), float(max(v))] for n, v in times.items()},
-      "first_call_seconds": compile_s,
-      "ratio_annotator_to_segmenter": med["annotator"] / med["segmenter"],
-      "ratio_annotator_to_supervised": med["annotator"] / med["supervised"],
-      "loop_iterations_per_s": 1.0 / med["loop (A+S)"],
-      "memory": _peak_memory(),
-      "setup": {"generator": config.generator.name, "resolution": config.data.resolution,
-                "batch": dict(config.batch), "segmenter": config.segmenter.arch,
-                "segmenter_widths": list(config.segmenter.widths),
-                "annotator_tmp_channels": config.annotator.tmp_channels,
-                "matched_tensors": len(method.matched),
-                "annotator_params": count(state.ann_params),
-                "segmenter_params": count(state.seg_params),
-                "generator_params": count(gen.params)},
-  }
+  batch = pipeline.Sampler(labelled, config.batch.labelled, config.seed).batch(0)
+  result = {**header(command),
+            **step_timing.time_steps(config, build.generator(config), batch, reps)}
   (workdir / "timing.json").write_text(json.dumps(result, indent=1))
   (workdir / "timing.md").write_text(timing_markdown(result) + "\n")
   return result
@@ -424,26 +356,13 @@ def timing(config, workdir, reps: int = 10, command: Optional[str] = None) -> di
 
 def timing_markdown(r: dict) -> str:
   """The timing result as a short markdown section."""
-  s, m, su = r["seconds"], r["memory"], r["setup"]
-  rows = ["| step | s/step (median) | min – max | first call (compile + run) |",
-          "|---|---|---|---|"]
-  for name, v in s.items():
-    lo, hi = r["seconds_min_max"][name]
-    first = r["first_call_seconds"].get(name)
-    rows.append(f"| {name} | {v:.4f} | {lo:.4f} – {hi:.4f} | "
-                + (f"{first:.1f} s" if first is not None else "–") + " |")
-  mem = f"host peak RSS {m['host_peak_rss_mib']:.0f} MiB"
-  if "device_peak_mib" in m:
-    mem += f", device peak {m['device_peak_mib']:.0f} MiB"
-  b = su["batch"]
+  from gmseg.experiments import step_timing
+  su, b = r["setup"], r["setup"]["batch"]
   return "\n".join([
       f"{r['reps']} interleaved rounds, jitted steps on one {r['machine']['backend']} "
       f"device ({r['machine']['device_kind']}); {su['generator']} at {su['resolution']}px, "
       f"batches labelled/synthetic/segmenter {b['labelled']}/{b['synthetic']}/{b['segmenter']}, "
       f"{su['segmenter']} {su['segmenter_widths']} ({su['segmenter_params']:,} params, "
       f"{su['matched_tensors']} matched tensors), annotator {su['annotator_params']:,} params.",
-      "", *rows, "",
-      f"A-step / S-step: {r['ratio_annotator_to_segmenter']:.2f}x; "
-      f"A-step / supervised step: {r['ratio_annotator_to_supervised']:.2f}x; "
-      f"loop (one A + one S step): {r['loop_iterations_per_s']:.2f} it/s; {mem}.",
+      "", step_timing.TABLE_HEADER, step_timing.markdown_row(r, "faces"),
   ])
