@@ -161,7 +161,18 @@ def method(config, gen: generators.Generator, devices: int = 1) -> state_lib.Met
       syn_batch=b.synthetic // devices, seg_batch=b.segmenter // devices,
       # .get: configs saved before these keys existed normalised per example.
       grad_path=m.get("grad_path", "batch"), seg_bn=m.get("seg_bn", "per_example"),
-      ann_step_seg_stats=config.train.get("ann_step_seg_stats", "frozen"))
+      ann_step_seg_stats=config.train.get("ann_step_seg_stats", "frozen"),
+      class_weights=_class_weights(config))
+
+
+def _class_weights(config) -> tuple[float, ...]:
+  """`matching.class_weights` checked against the classes (() = none)."""
+  w = tuple(float(v) for v in config.matching.get("class_weights", ()))
+  if w and len(w) != num_classes(config):
+    raise ValueError(f"matching.class_weights has {len(w)} values for "
+                     f"{num_classes(config)} classes {tuple(config.class_names)}; give one "
+                     "per class or () for none.")
+  return w
 
 
 SCHEDULES = ("constant", "cosine")

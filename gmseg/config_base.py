@@ -81,6 +81,9 @@ def get_base() -> ml_collections.ConfigDict:
       "row_reduction": "mean",
       "tensor_reduction": "mean",
       "vectors": "zero",       # 1-D tensors: zero (paper) | exclude | match
+      # Per-class weights of the labelled loss behind the target gradient
+      # (beyond the paper, e.g. small face parts up-weighted); () = none (paper).
+      "class_weights": (),
       # S's mean gradients in the annotator step: 'batch' (one grad of the
       # batch loss; exact, fast) | 'per_example' (vmap(grad), then the mean).
       "grad_path": "batch",

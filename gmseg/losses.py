@@ -23,7 +23,8 @@ def soft_cross_entropy(logits: jax.Array, probs: jax.Array) -> jax.Array:
 
 def hard_cross_entropy(logits: jax.Array, labels: jax.Array,
                        ignore_index: int = IGNORE,
-                       count: Optional[jax.Array] = None) -> jax.Array:
+                       count: Optional[jax.Array] = None,
+                       weights: Optional[jax.Array] = None) -> jax.Array:
   """Mean over labelled pixels of `-log softmax(logits)[label]`.
 
   Pixels equal to `ignore_index` do not count (as torch's CrossEntropyLoss
@@ -38,12 +39,16 @@ def hard_cross_entropy(logits: jax.Array, labels: jax.Array,
       in `labels`. Parts of a batch (one example, one device's share) pass
       `labelled_count(whole batch) * part_size / batch_size`, so the mean of
       the parts' losses (and of their gradients) is the whole batch's loss.
+    weights: optional `[C]` per-class weights multiplying each pixel's term
+      (beyond the paper; the divisor stays the pixel count).
   """
   labels = labels.astype(jnp.int32)
   valid = labels != ignore_index
   safe = jnp.where(valid, labels, 0)
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  if weights is not None:
+    nll = nll * jnp.asarray(weights, nll.dtype)[safe]
   total = jnp.sum(jnp.where(valid, nll, 0.0))
   if count is None:
     return total / jnp.maximum(jnp.sum(valid), 1)

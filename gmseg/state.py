@@ -69,6 +69,8 @@ class Method:
     ann_step_seg_stats: S's BatchNorm running statistics in the annotator
       step: 'frozen' (kept) or 'update' (moved by the labelled, then the
       synthetic forward pass, as the paper's code does in training mode).
+    class_weights: per-class weights of the labelled loss that gives the
+      target gradient (beyond the paper; () = none, the paper).
   """
   gen_fn: GeneratorFn
   z_dim: int
@@ -87,6 +89,7 @@ class Method:
   grad_path: str = "batch"
   seg_bn: str = "across_batch"
   ann_step_seg_stats: str = "frozen"
+  class_weights: tuple[float, ...] = ()
 
   def __post_init__(self):
     for name, allowed in (("grad_path", GRAD_PATHS), ("seg_bn", SEG_BN),

@@ -192,8 +192,9 @@ def _labelled_grads(state: TrainState, batch: dict, method: Method, axis_name):
   # batch. Any part of it (an example, a device's share) divides its pixel
   # sum by its share of the global count, so the parts' mean is that mean.
   per_example = _pmean(losses.labelled_count(labels), axis_name) / labels.shape[0]
+  weights = jnp.asarray(method.class_weights) if method.class_weights else None
   loss_fn = lambda logits, y: losses.hard_cross_entropy(
-      logits, y, count=per_example * y.shape[0])
+      logits, y, count=per_example * y.shape[0], weights=weights)
   g, stats = _segmenter_grads(method, state, loss_fn, batch["image"], labels,
                               local[0], axis_name)
   return lax.stop_gradient(g), stats

@@ -98,3 +98,17 @@ def test_every_row_prepares_evaluation_faces_alike():
   assert build.eval_transform(c) == "square_crop"
   assert (build.val_dataset(r), build.eval_dataset(r)) == ("fasseg/multipose01", "fasseg/frontal02")
   assert not build.test_is_val(c)
+
+
+def test_class_weights_in_the_labelled_loss_by_hand():
+  from gmseg import losses
+  logits = jnp.log(jnp.array([[[[0.5, 0.5], [0.9, 0.1]]]]))  # [1, 1, 2, 2]
+  labels = jnp.array([[[1, 0]]])
+  plain = float(losses.hard_cross_entropy(logits, labels))
+  np.testing.assert_allclose(plain, -(np.log(0.5) + np.log(0.9)) / 2, rtol=1e-6)
+  weighted = float(losses.hard_cross_entropy(logits, labels, weights=jnp.array([1.0, 4.0])))
+  np.testing.assert_allclose(weighted, -(4 * np.log(0.5) + np.log(0.9)) / 2, rtol=1e-6)
+  c = _config("faces", "num=2")
+  c.matching.class_weights = (1.0, 2.0)
+  with pytest.raises(ValueError, match="class_weights has 2 values for 6 classes"):
+    build._class_weights(c)  # pylint: disable=protected-access
