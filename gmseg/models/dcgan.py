@@ -35,17 +35,20 @@ class FrozenBatchNorm(nn.Module):
   """BatchNorm in eval mode: stored running statistics, never updated.
 
   y = (x - mean) / sqrt(var + eps) * scale + bias, in torch's order of
-  operations so float32 results match the reference closely.
+  operations so float32 results match the reference closely. `var` is torch's
+  stored running variance as it is (unbiased accumulation; eval-mode use is
+  the same in both frameworks). Parameters are float32 even under
+  jax_enable_x64, like the transposed convolutions' (see layers).
   """
   eps: float = BN_EPS
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
-    mean = self.param("mean", nn.initializers.zeros, (c,))
-    var = self.param("var", nn.initializers.ones, (c,))
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    mean = self.param("mean", nn.initializers.zeros, (c,), jnp.float32)
+    var = self.param("var", nn.initializers.ones, (c,), jnp.float32)
     return (x - mean) / jnp.sqrt(var + self.eps) * scale + bias
 
 

@@ -12,7 +12,9 @@ Normalisation of the backbone (`backbone_norm`):
     as 'batch', so one loader serves both, and the pretrained statistics travel
     with the checkpointed state); they are never updated because the layer
     never computes batch statistics. Its scale and bias are ordinary params.
-  'batch': ordinary BatchNorm with running statistics in `batch_stats`.
+  'batch': ordinary BatchNorm with running statistics in `batch_stats`
+    (updated with Flax's biased batch variance, torch's with the unbiased one;
+    see layers.norm_layer).
   'group': GroupNorm (no pretrained weights apply).
 """
 import math
@@ -225,7 +227,9 @@ class DeepLabV3(nn.Module):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"DeepLabV3 expects images [B, H, W, 3], got {x.shape}.")
     stages = self.stage_sizes or STAGE_SIZES[self.depth]
-    mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
+    # In x's dtype: Python-float constants would make float32 inputs float64
+    # under jax_enable_x64.
+    mean, std = jnp.asarray(IMAGENET_MEAN, x.dtype), jnp.asarray(IMAGENET_STD, x.dtype)
     h = ((x + 1.0) / 2.0 - mean) / std
     h = ResNet(tuple(stages), self.width, self.backbone_norm,
                name="backbone")(h, train)
@@ -279,6 +283,10 @@ def load_torchvision_resnet(path: str, params: Params,
     params: the DeepLabV3 params (with `backbone`) or a ResNet's params.
     batch_stats: the matching `batch_stats`; required, since the backbone's
       BatchNorm ('frozen_batch' or 'batch') takes the pretrained statistics.
+      torchvision's `running_var` is copied as stored: it was accumulated
+      with torch's unbiased batch variance, and normalising with it is the
+      same operation in both frameworks, so 'frozen_batch' is exact. With
+      'batch', later updates follow Flax's biased convention (layers.norm_layer).
   Returns:
     `{'params': ..., 'batch_stats': ...}`, the inputs with the backbone
     replaced; everything else (the classifier) is kept.

@@ -47,6 +47,11 @@ import numpy as np
 from gmseg.models import generators
 
 NOISE_MODES = ("random", "const", "none")
+# Parameters are created in float32 whatever jax_enable_x64 says (flax's
+# param_dtype convention), so an init gives the same values with x64 on or off;
+# computations run in the promoted dtype of inputs and params (float64 inputs
+# or params -> float64 throughout).
+_PARAM_DTYPE = jnp.float32
 _SQRT2 = math.sqrt(2.0)
 _LRELU_SLOPE = 0.2
 
@@ -125,6 +130,11 @@ def _lrelu(x: jax.Array) -> jax.Array:
   return jnp.where(x >= 0, x, x * _LRELU_SLOPE) * _SQRT2
 
 
+def _floating(x: jax.Array) -> jax.Array:
+  """`x` in its own float dtype (float32 or float64), other dtypes in float32."""
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
 def _clamp(x: jax.Array, clamp: Optional[float]) -> jax.Array:
   return x if clamp is None else jnp.clip(x, -clamp, clamp)
 
@@ -140,7 +150,7 @@ def _fir(x: jax.Array, pad: tuple[int, int], dilate: int) -> jax.Array:
   """The [1,3,3,1] filter with gain 4 on each channel of `[B, H, W, C]`,
   after zero insertion (`dilate` 2: a zero between samples) and padding."""
   c = x.shape[-1]
-  k = jnp.tile(jnp.asarray(_filter_2d() * 4.0)[:, :, None, None], (1, 1, 1, c))
+  k = jnp.tile(jnp.asarray(_filter_2d() * 4.0, x.dtype)[:, :, None, None], (1, 1, 1, c))
   return jax.lax.conv_general_dilated(
       x, k, window_strides=(1, 1), padding=(pad, pad),
       lhs_dilation=(dilate, dilate), dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -164,6 +174,9 @@ def _conv(x: jax.Array, w: jax.Array, up: bool) -> jax.Array:
   `x`: `[B, H, W, I]`, `w`: `[kh, kw, I, O]`.
   """
   dn = ("NHWC", "HWIO", "NHWC")
+  # lax convolutions need one dtype: promote, as jnp ops do (float64 runs).
+  dtype = jnp.promote_types(x.dtype, w.dtype)
+  x, w = x.astype(dtype), w.astype(dtype)
   if not up:
     p = w.shape[0] // 2
     return jax.lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)),
@@ -186,10 +199,10 @@ class FullyConnected(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     fan_in = x.shape[-1]
     weight = self.param(
-        "weight", lambda k, s: jax.random.normal(k, s) / self.lr_multiplier,
+        "weight", lambda k, s: jax.random.normal(k, s, _PARAM_DTYPE) / self.lr_multiplier,
         (fan_in, self.features))
     bias = self.param("bias", nn.initializers.constant(self.bias_init),
-                      (self.features,))
+                      (self.features,), _PARAM_DTYPE)
     y = x @ (weight * (self.lr_multiplier / math.sqrt(fan_in)))
     y = y + bias * self.lr_multiplier
     return _lrelu(y) if self.activation == "lrelu" else y
@@ -205,12 +218,12 @@ class MappingNetwork(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array, truncation_psi: float = 1.0,
                truncation_cutoff: Optional[int] = None) -> jax.Array:
-    x = z.astype(jnp.float32)
+    x = _floating(z)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=1, keepdims=True) + 1e-8)
     for i in range(self.num_layers):
       x = FullyConnected(self.w_dim, self.lr_multiplier, activation="lrelu",
                          name=f"fc{i}")(x)
-    w_avg = self.param("w_avg", nn.initializers.zeros, (self.w_dim,))
+    w_avg = self.param("w_avg", nn.initializers.zeros, (self.w_dim,), _PARAM_DTYPE)
     ws = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_ws, self.w_dim))
     if truncation_psi != 1:
       cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
@@ -246,14 +259,14 @@ class ModulatedLayer(nn.Module):
     fan_in = x.shape[-1]
     styles = FullyConnected(fan_in, bias_init=1.0, name="affine")(w)
     weight = self.param("weight", nn.initializers.normal(1.0),
-                        (self.kernel, self.kernel, fan_in, self.features))
+                        (self.kernel, self.kernel, fan_in, self.features), _PARAM_DTYPE)
     if self.torgb:
       styles = styles * (1.0 / math.sqrt(fan_in * self.kernel * self.kernel))
     else:
-      noise_strength = self.param("noise_strength", nn.initializers.zeros, ())
+      noise_strength = self.param("noise_strength", nn.initializers.zeros, (), _PARAM_DTYPE)
       noise_const = self.param("noise_const", nn.initializers.normal(1.0),
-                               (self.resolution, self.resolution))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+                               (self.resolution, self.resolution), _PARAM_DTYPE)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), _PARAM_DTYPE)
 
     y = _conv(x * styles[:, None, None, :], weight, self.up)
     if not self.torgb:
@@ -302,7 +315,7 @@ class SynthesisBlock(nn.Module):
                                 x, w, noise_mode, key)
 
     if res == 4:
-      const = self.param("const", nn.initializers.normal(1.0), (4, 4, ch))
+      const = self.param("const", nn.initializers.normal(1.0), (4, 4, ch), _PARAM_DTYPE)
       x = jnp.broadcast_to(const[None], (ws.shape[0], 4, 4, ch))
       x = conv("conv1", 0, False, x, ws[:, 0])
     else:
@@ -329,7 +342,7 @@ class SynthesisNetwork(nn.Module):
     a = self.arch
     if ws.shape[1:] != (a.num_ws, a.w_dim):
       raise ValueError(f"ws must be [B, {a.num_ws}, {a.w_dim}], got {ws.shape}.")
-    ws = ws.astype(jnp.float32)
+    ws = _floating(ws)
     x = img = None
     feats = []
     w_idx = 0

@@ -1,0 +1,169 @@
+"""float64 (jax_enable_x64): generators, annotator and segmenters follow their
+inputs' dtype, so gradient agreement can be settled in float64.
+
+Each test switches x64 on only inside `jax.enable_x64(True)`; float32
+behaviour outside it is what the fixture tests check.
+"""
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from conftest import shared_path
+
+from gmseg import matching, steps
+from gmseg import state as state_lib
+from gmseg.models import annotator, dcgan, deeplab, generators, unet
+from gmseg.models import stylegan2 as sg
+
+
+def _f64(tree):
+  return jax.tree.map(
+      lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+      else x, tree)
+
+
+def _dtypes(tree) -> set[str]:
+  return {str(x.dtype) for x in jax.tree.leaves(tree)}
+
+
+def _sg2_fixture(name="sg2_tiny32"):
+  data = np.load(shared_path("fixtures", "stylegan2", f"{name}.npz"))
+  with open(shared_path("fixtures", "stylegan2", f"{name}.json")) as f:
+    kw = json.load(f)["constructor_kwargs"]
+  s = kw["synthesis_kwargs"]
+  arch = sg.Arch(z_dim=kw["z_dim"], w_dim=kw["w_dim"], resolution=kw["img_resolution"],
+                 channel_base=s["channel_base"], channel_max=s["channel_max"],
+                 mapping_layers=kw["mapping_kwargs"]["num_layers"], conv_clamp=s["conv_clamp"])
+  sd = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
+  return data, arch, sg.params_from_state_dict(sd, arch)
+
+
+def _sg2_outputs(params, z, arch):
+  ws = sg.mapping(params, z, arch, 0.7)
+  img, feats = sg.synthesis(params, ws, arch, "const")
+  return ws, img, feats
+
+
+def test_stylegan2_float64_matches_official_outputs():
+  data, arch, params = _sg2_fixture()
+  with jax.enable_x64(True):
+    p64, z = _f64(params), jnp.asarray(data["input/z"], jnp.float64)
+    ws, img, feats = jax.jit(_sg2_outputs, static_argnums=2)(p64, z, arch)
+    assert _dtypes((ws, img, feats)) == {"float64"}
+    # The official float32 outputs, to float32 accuracy.
+    np.testing.assert_allclose(img, data["output/img"].transpose(0, 2, 3, 1), atol=1e-4)
+    np.testing.assert_allclose(feats[-1], data["output/feat/b32"].transpose(0, 2, 3, 1),
+                               atol=1e-4)
+    # Init under x64 makes float32 params (as without x64), float32 inputs
+    # stay float32, and random noise is drawn in the output dtype.
+    init = functools.partial(sg.init_params, arch)
+    assert _dtypes(jax.eval_shape(init, jax.random.PRNGKey(0))) == {"float32"}
+    z32 = jax.ShapeDtypeStruct(z.shape, jnp.float32)
+    outputs = functools.partial(_sg2_outputs, arch=arch)
+    assert _dtypes(jax.eval_shape(outputs, params, z32)) == {"float32"}
+    g = sg.make_generator(p64, arch, noise_mode="random")
+    assert _dtypes(jax.eval_shape(g.apply_fn, p64, z, jax.random.PRNGKey(1))) == {"float64"}
+
+
+def test_stylegan2_float64_gradient_matches_finite_differences():
+  _, arch, params = _sg2_fixture()
+  with jax.enable_x64(True):
+    p64 = _f64(params)
+    z = jax.random.normal(jax.random.PRNGKey(0), (2, arch.z_dim), jnp.float64)
+
+    def f(z):
+      img, feats = sg.synthesis(p64, sg.mapping(p64, z, arch, 0.7), arch, "const")
+      return jnp.sum(img * jnp.cos(img)) + jnp.sum(feats[1] ** 2)
+
+    g = jax.jit(jax.grad(f))(z)
+    assert g.dtype == jnp.float64
+    d = jax.random.normal(jax.random.PRNGKey(1), z.shape, jnp.float64)
+    h = 1e-6
+    f = jax.jit(f)
+    fd = (f(z + h * d) - f(z - h * d)) / (2 * h)
+    np.testing.assert_allclose(float(jnp.vdot(g, d)), float(fd), rtol=1e-7)
+
+
+def test_dcgan_float64_matches_torch_reference():
+  gen = generators.get("dcgan_faces")
+  with np.load(shared_path("fixtures", "dcgan_faces", "reference.npz")) as ref:
+    z, want = ref["input/z"].reshape(8, 100), ref["output/img"]
+  with jax.enable_x64(True):
+    init = jax.eval_shape(dcgan.DCGANGenerator().init, jax.random.PRNGKey(0), jnp.zeros((1, 100)))
+    assert _dtypes(init) == {"float32"}
+    images, feats = gen.apply_fn(_f64(gen.params), jnp.asarray(z, jnp.float64), None)
+    assert _dtypes((images, feats)) == {"float64"}
+  np.testing.assert_allclose(images, want.transpose(0, 2, 3, 1), atol=1e-4)
+
+
+def _float64_agrees(module, variables, inputs, tol, **kw):
+  """The module in float64 (params and inputs) gives float64 outputs and
+  parameter gradients (shapes only: a compile each costs more than it adds),
+  and its float32 outputs to `tol` of their scale; float32 in, float32 out
+  (also under x64)."""
+  def logits(v, x):
+    out = module.apply(v, *x, **kw)
+    return out[0] if isinstance(out, tuple) else out  # (logits, batch_stats)
+
+  apply = jax.jit(logits)
+  out32 = np.asarray(apply(variables, inputs))
+  loss = lambda v, x: jnp.sum(jnp.tanh(logits(v, x)))
+  with jax.enable_x64(True):
+    v64, x64 = _f64(variables), _f64(inputs)
+    out = np.asarray(apply(v64, x64))
+    grads = jax.eval_shape(jax.grad(loss), v64, x64)
+    assert out.dtype == np.float64 and _dtypes(grads) == {"float64"}
+    assert jax.eval_shape(apply, variables, inputs).dtype == jnp.float32
+  np.testing.assert_allclose(out, out32, atol=tol * np.abs(out).max())
+
+
+def test_unet_and_annotator_float64():
+  # The UNet with the paper's BatchNorm (training mode: batch statistics),
+  # the annotator with our default GroupNorm.
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  u = unet.UNet(3, widths=(4, 4, 8, 8, 8), norm="batch")
+  _float64_agrees(u, u.init(jax.random.PRNGKey(1), x), (x,), 1e-4,
+                  train=True, mutable=["batch_stats"])
+  feats = tuple(jax.random.normal(jax.random.PRNGKey(i), (2, r, r, 8))
+                for i, r in enumerate((4, 8, 16)))
+  a = annotator.Annotator(3, tmp_channels=8, num_layers=3, norm="group")
+  _float64_agrees(a, a.init(jax.random.PRNGKey(2), feats), (feats,), 1e-4)
+
+
+def test_deeplab_float64():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  m = deeplab.DeepLabV3(3, stage_sizes=(1, 1, 1, 1), width=4, aspp_channels=8)
+  v = m.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}, x)
+  _float64_agrees(m, v, (x,), 1e-4)
+
+
+def test_annotator_step_float64_end_to_end():
+  # The official tiny StyleGAN2 (32x32), the annotator and a UNet, all float64:
+  # one jitted annotator step. S's output conv is matched: its gradient needs
+  # S's forward pass only, which keeps the compile short.
+  data, arch, params = _sg2_fixture()
+  with jax.enable_x64(True):
+    gen_params = _f64(params)
+    gen = sg.make_generator(gen_params, arch, noise_mode="random")
+    m = state_lib.Method(
+        gen_fn=gen.apply_fn, z_dim=gen.z_dim,
+        annotator=annotator.Annotator(3, tmp_channels=8, num_layers=3),
+        segmenter=unet.UNet(3, widths=(4, 4, 8, 8, 8)),
+        ann_tx=state_lib.make_optimizer("sgd", 1e-2),
+        seg_tx=state_lib.make_optimizer("sgd", 1e-2), matched=(), syn_batch=2, seg_batch=2)
+    s = _f64(state_lib.init_state(m, gen_params, seed=0))
+    m = state_lib.Method(**{**m.__dict__,
+                            "matched": state_lib.matched_paths(s.seg_params, "unet:out")})
+    images, _ = gen.apply_fn(gen_params, jnp.asarray(data["input/z"][:2], jnp.float64),
+                             jax.random.PRNGKey(3))
+    labels = jax.random.randint(jax.random.PRNGKey(4), (2, 32, 32), 0, 3)
+    assert images.dtype == jnp.float64
+    s1, metrics = jax.jit(functools.partial(steps.annotator_step, method=m))(
+        s, {"image": images, "label": labels}, gen_params)
+    assert _dtypes((s1.ann_params, s1.seg_params, s1.ann_opt_state)) == {"float64"}
+    loss = float(metrics["ann/match_loss"])
+    assert np.isfinite(loss) and 0.0 < loss < 2.0 and float(metrics["ann/nonfinite"]) == 0
+    moved = matching.global_norm(jax.tree.map(lambda a, b: a - b, s1.ann_params, s.ann_params))
+    assert float(moved) > 0
