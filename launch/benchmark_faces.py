@@ -1,10 +1,19 @@
-r"""Benchmark of the faces job: FG-mIoU vs k over seeds, and step timing.
+r"""Benchmark of the faces job: scores vs k over seeds, and step timing.
 
-Full sweep (k = 1, 2, 5, 10, 20; seeds 0, 1, 2; resumes: finished runs are
-skipped, unfinished ones continue from their checkpoints):
+Every model of every row (LAGM phase-one and downstream S, "LAGM + labelled"
+when downstream.finetune_steps > 0, supervised, rendered labels) is scored on
+the 50 FASSEG frontal02 test faces and on the 182 multipose V3 validation
+faces (square crop, 64x64, prepared alike for every row), with per-part IoU.
+Choose settings on V3 (validation), never on the frontal test faces.
 
-  .venv/bin/python launch/benchmark_faces.py --workdir=runs/bench_faces --timing \
-      --steps=1000 --downstream_images=1000 --manual_dir=../shared/data/fasseg
+The k=2 column of the README's pipeline (resumes: finished runs are skipped,
+unfinished ones continue from their checkpoints; add k and seeds later):
+
+  .venv/bin/python launch/benchmark_faces.py --workdir=runs/bench_faces --ks=2 --seeds=0,1,2 \
+      --steps=300 --downstream_images=300 --downstream_epochs=2 --baselines=supervised \
+      --override=annotator.inputs=features+image --override=annotator.head_resolution=image \
+      --override=downstream.finetune_steps=300 --override=train.eval_every=100 \
+      --override=train.ckpt_every=100 --manual_dir=../shared/data/fasseg
 
 Smoke test:
 
@@ -13,9 +22,12 @@ Smoke test:
       --override=train.eval_every=4 --timing --timing_reps=3 \
       --manual_dir=../shared/data/fasseg
 
-Writes <workdir>/benchmark.md (command, machine, date, FG-mIoU table, timing),
-benchmark.json, fg_miou_vs_k.png, timing.md/json and one k{k}_s{seed}/ run
-folder per (k, seed). `--ks=` (empty) with --timing times only.
+Writes <workdir>/benchmark.md (command, machine, date, FG-mIoU tables for the
+frontal test and V3 faces, eyes / nose / mouth IoU, timing), benchmark.json,
+fg_miou_vs_k.png, timing.md/json and one k{k}_s{seed}/ run folder per
+(k, seed) (results.md with both sets' per-class tables, curve.json/png: the
+phase-one segmenter at every saved step). `--ks=` (empty) with --timing
+times only.
 """
 import pathlib
 
@@ -37,7 +49,8 @@ DOWNSTREAM_EPOCHS = flags.DEFINE_integer("downstream_epochs", None,
                                          "Phase-two epochs (default: the config's).")
 OVERRIDE = flags.DEFINE_multi_string(
     "override", [], "Config override key=value (repeatable), e.g. ann_optim.name=adam.")
-MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder holding FASSEG's V2/ (offline).")
+MANUAL_DIR = flags.DEFINE_string("manual_dir", "",
+                                 "Folder holding FASSEG's V2/ and V3/ (offline).")
 DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = $TFDS_DATA_DIR or "
                                "~/tensorflow_datasets).")
 BASELINES = flags.DEFINE_list("baselines", list(faces.BASELINES),

@@ -44,6 +44,13 @@ def test_tiny_faces_pipeline(tmp_path):
     assert len(row["iou"]) == 6
     assert all(0.0 <= v <= 1.0 for v in row["iou"])
     assert (tmp_path / "run" / "grids").joinpath(pathlib.Path(out["grids"][name]).name).stat().st_size > 0
+  # Every row is scored on the frontal test faces and on the V3 validation faces.
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["sets"] == {"test": 50,
+                                                                                 "val": 182}
+  for name, row in out["rows"].items():
+    assert 0.0 <= row["val"]["fg_miou"] <= 1.0 and len(row["val"]["iou"]) == 6, name
+  assert [p["step"] for p in out["curves"]["LAGM"]] == [6]
+  assert (tmp_path / "run" / "curve.png").stat().st_size > 0
   # The supervised baseline learns something about skin from 2 faces in 6 steps:
   # pixel accuracy above the trivial all-background rate (~17% on the test faces).
   assert out["rows"]["supervised"]["pacc"] > 0.2
@@ -58,6 +65,9 @@ def test_tiny_faces_pipeline(tmp_path):
   rendered_cfg = json.loads((run / "rendered" / "config.json").read_text())
   assert rendered_cfg["data"]["dataset"] == "rendered_faces"
   assert rendered_cfg["data"]["eval_dataset"] == "fasseg/frontal02"
+  # Its labelled faces are resized, its evaluation faces cropped as every row's.
+  assert (rendered_cfg["data"]["transform"], rendered_cfg["data"]["eval_transform"]) == (
+      "resize", "square_crop")
   table = (run / "results.md").read_text()
   assert all(n in table for n in names)
   assert json.loads((run / "results.json").read_text())["num_labelled"] == 2

@@ -93,6 +93,34 @@ def curve(run_dir, config, sets: dict) -> list:
   return out
 
 
+def plot_curve(points: list, class_names: Sequence[str], path, title: str = "") -> None:
+  """FG-mIoU and eyes / nose / mouth IoU (x100) against phase-one step, one
+  panel per evaluation set (`curve`'s output)."""
+  import matplotlib  # lazy: only the report needs it
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  set_names = [k for k in ("val", "test") if points and k in points[0]]
+  labels = {"val": "multipose V3 (validation)", "test": "frontal02 test"}
+  fig, axes = plt.subplots(1, len(set_names), figsize=(6 * len(set_names), 4), squeeze=False)
+  steps = [p["step"] for p in points]
+  for ax, name in zip(axes[0], set_names):
+    ax.plot(steps, [100 * p[name]["fg_miou"] for p in points], "k-o", label="FG-mIoU")
+    for part in ("eyes", "nose", "mouth"):
+      if part in class_names:
+        i = list(class_names).index(part)
+        ax.plot(steps, [100 * p[name]["iou"][i] for p in points], "--o", label=part)
+    ax.set_xlabel("phase-one iteration")
+    ax.set_ylabel("IoU (x100)")
+    ax.set_title(f"{title}{labels[name]}")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def score(workdir, which: str, config, sets: dict, grid_path) -> dict:
   """Scores a run's latest segmenter on `sets` and writes a prediction grid
   of the test faces.
@@ -181,6 +209,10 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
              "\n\n" + table(rows, config.class_names, "val"))
   (workdir / "results.md").write_text(text + "\n")
   (workdir / "curve.json").write_text(json.dumps(curves, indent=1))
+  for name, points in curves.items():
+    if points:
+      plot_curve(points, config.class_names, workdir / "curve.png",
+                 f"{name}, k={config.data.num_labelled}: phase-one S, ")
   (workdir / "results.json").write_text(json.dumps(
       {"rows": rows, "grids": grids, "num_labelled": config.data.num_labelled,
        "class_names": list(config.class_names),
