@@ -44,7 +44,8 @@ RUN_INFO = "benchmark_run.json"  # per run: the config it ran with, wall time
 def faces_config(k: int, seed: int, *, steps: int, downstream_images: int,
                  downstream_epochs: Optional[int] = None,
                  overrides: Sequence[str] = (), manual_dir: str = "",
-                 data_dir: str = "", config_file=config_files.DEFAULT_CONFIG) -> ml_collections.ConfigDict:
+                 data_dir: str = "", config_file=config_files.DEFAULT_CONFIG,
+                 ) -> ml_collections.ConfigDict:
   """The faces config of one benchmark run (k labelled faces, one seed), locked."""
   for name, value in (("manual_dir", manual_dir), ("data_dir", data_dir)):
     if "," in str(value):
