@@ -408,6 +408,9 @@ def test_cli_round_trip(tiny32_pkl, tmp_path, capsys):
   direct = generators.get("stylegan2", path=str(path), noise_mode="const")
   for a, b in zip(jax.tree.leaves(direct.params), jax.tree.leaves(gen.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The model's own loader reads converted folders only and names the way in.
+  with pytest.raises(ValueError, match="convert_stylegan2.py"):
+    sg.load(str(path))
   # Errors go to stderr with a non-zero status.
   assert cli.main(["--pkl", str(tmp_path / "nope.pkl"), "--out", str(out)]) == 1
 
