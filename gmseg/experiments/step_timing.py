@@ -113,7 +113,8 @@ def time_steps(config, gen: generators.Generator, batch: dict, reps: int = 5) ->
     reps: interleaved timed rounds (after one untimed run of each).
   Returns:
     {'annotator_s', 'segmenter_s', 'supervised_s', 'iteration_s' (medians),
-     'a_over_sup', 's_over_sup', 'compile_s' (per program: lower + compile),
+     'a_over_sup', 's_over_sup', 'gflops' (XLA's count per program),
+     'a_over_sup_flops', 's_over_sup_flops', 'compile_s' (lower + compile),
      'compile_total_s', 'first_run_s', 'min_max_s', 'peak_rss_mb', 'reps',
      'setup'}.
   """
@@ -130,11 +131,12 @@ def time_steps(config, gen: generators.Generator, batch: dict, reps: int = 5) ->
   fns = {"annotator": steps.annotator_step, "segmenter": steps.segmenter_step,
          "supervised": steps.supervised_step, "iteration": steps.iteration_step}
 
-  compiled, compile_s = {}, {}
+  compiled, compile_s, flops = {}, {}, {}
   for name in STEP_NAMES:
     t = time.perf_counter()
     compiled[name] = jit(fns[name]).lower(state, *args[name]).compile()
     compile_s[name] = time.perf_counter() - t
+    flops[name] = _flops(compiled[name])
 
   def run(name, st):
     st, metrics = compiled[name](st, *args[name])
@@ -158,6 +160,11 @@ def time_steps(config, gen: generators.Generator, batch: dict, reps: int = 5) ->
       **{f"{name}_s": med[name] for name in STEP_NAMES},
       "a_over_sup": med["annotator"] / med["supervised"],
       "s_over_sup": med["segmenter"] / med["supervised"],
+      # XLA's operation count of each compiled program: a ratio that does not
+      # depend on the machine's load (timings on a shared CPU do).
+      "gflops": {n: f / 1e9 for n, f in flops.items()},
+      "a_over_sup_flops": flops["annotator"] / flops["supervised"],
+      "s_over_sup_flops": flops["segmenter"] / flops["supervised"],
       "compile_s": compile_s,
       "compile_total_s": sum(compile_s.values()),
       "first_run_s": first_run_s,
@@ -180,6 +187,13 @@ def time_steps(config, gen: generators.Generator, batch: dict, reps: int = 5) ->
   }
 
 
+def _flops(compiled) -> float:
+  """Floating-point operations XLA counts in a compiled program (nan if none)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", float("nan")))
+
+
 def run_preset(name: str, reps: int = 5, overrides: Sequence[str] = ()) -> dict:
   """`time_steps` of a preset (with `key=value` config overrides)."""
   config = config_files.apply_overrides(preset_config(name), overrides).lock()
@@ -188,8 +202,8 @@ def run_preset(name: str, reps: int = 5, overrides: Sequence[str] = ()) -> dict:
 
 
 TABLE_HEADER = ("| preset | annotator s | segmenter s | supervised s | iteration s | "
-                "A/sup | S/sup | compile s (A, S, sup, iter) | peak RSS MB |\n"
-                "|---|---|---|---|---|---|---|---|---|")
+                "A/sup | S/sup | A/sup flops | S/sup flops | compile s (A, S, sup, iter) "
+                "| peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def markdown_row(r: dict, label: Optional[str] = None) -> str:
@@ -198,4 +212,5 @@ def markdown_row(r: dict, label: Optional[str] = None) -> str:
   comp = ", ".join(f"{c[n]:.0f}" for n in STEP_NAMES)
   return (f"| {label or r['preset']} | {r['annotator_s']:.3f} | {r['segmenter_s']:.3f} | "
           f"{r['supervised_s']:.3f} | {r['iteration_s']:.3f} | {r['a_over_sup']:.2f} | "
-          f"{r['s_over_sup']:.2f} | {comp} | {r['peak_rss_mb']:.0f} |")
+          f"{r['s_over_sup']:.2f} | {r['a_over_sup_flops']:.2f} | {r['s_over_sup_flops']:.2f} | "
+          f"{comp} | {r['peak_rss_mb']:.0f} |")
