@@ -103,6 +103,15 @@ def peak_rss_mb() -> float:
   return (rss if sys.platform == "darwin" else rss * 1024) / 2**20
 
 
+def rss_mb() -> float:
+  """Resident memory of this process now, MiB (Linux /proc; nan elsewhere)."""
+  try:
+    pages = int(open("/proc/self/statm").read().split()[1])
+  except (OSError, IndexError, ValueError):
+    return float("nan")
+  return pages * resource.getpagesize() / 2**20
+
+
 def time_steps(config, gen: generators.Generator, batch: dict, reps: int = 5) -> dict:
   """Times the four jitted programs side by side (see the module docstring).
 
@@ -115,7 +124,8 @@ def time_steps(config, gen: generators.Generator, batch: dict, reps: int = 5) ->
     {'annotator_s', 'segmenter_s', 'supervised_s', 'iteration_s' (medians),
      'a_over_sup', 's_over_sup', 'gflops' (XLA's count per program),
      'a_over_sup_flops', 's_over_sup_flops', 'compile_s' (lower + compile),
-     'compile_total_s', 'first_run_s', 'min_max_s', 'peak_rss_mb', 'reps',
+     'compile_total_s', 'first_run_s', 'min_max_s', 'peak_rss_mb',
+     'rss_after_mb', 'reps',
      'setup'}.
   """
   if reps < 1:
@@ -169,7 +179,8 @@ def time_steps(config, gen: generators.Generator, batch: dict, reps: int = 5) ->
       "compile_total_s": sum(compile_s.values()),
       "first_run_s": first_run_s,
       "min_max_s": {n: [float(min(v)), float(max(v))] for n, v in times.items()},
-      "peak_rss_mb": peak_rss_mb(),
+      "peak_rss_mb": peak_rss_mb(),  # compilation included
+      "rss_after_mb": rss_mb(),       # the four programs compiled and run
       "reps": reps,
       "setup": {
           "generator": gen.name, "resolution": config.data.resolution,
