@@ -85,6 +85,9 @@ def test_workdir_checks(tmp_path):
     ro.chmod(0o500)
     with pytest.raises(workdir_lib.WorkdirError, match="not writable|Cannot create"):
       workdir_lib.check(ro / "run")
+  # Not creatable, even for root (procfs refuses new directories).
+  with pytest.raises(workdir_lib.WorkdirError, match="Cannot create the workdir /proc/gmseg_"):
+    workdir_lib.check("/proc/gmseg_test_run")
   assert workdir_lib.check(tmp_path / "new" / "run").is_dir()
 
 
