@@ -139,6 +139,9 @@ def get_base() -> ml_collections.ConfigDict:
       # Beyond the paper: then fine-tune on the k labelled images for this many
       # updates (as the supervised baseline; 0 = off): "LAGM + labelled".
       "finetune_steps": 0,
+      # Beyond the paper: places of each phase-two batch given to the k labelled
+      # images (augmented) instead of synthetic ones (0 = off).
+      "mix_labelled": 0,
   })
   return c
 

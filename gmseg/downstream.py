@@ -357,6 +357,34 @@ def _write_grids(grid_dir, staging, shards, keep, pal):
 # ------------------------------------------------------------------ training
 
 
+class _Mixer:
+  """Appends `per_step` augmented labelled images to each synthetic batch."""
+
+  def __init__(self, config, per_step: int):
+    from gmseg.data import pipeline  # pylint: disable=g-import-not-at-top
+    self.per_step, self.seed, self._augment = per_step, int(config.seed), pipeline.augment
+    labelled = build.split_arrays(config, config.data.labelled_split,
+                                  limit=config.data.num_labelled)
+    self.sampler = pipeline.Sampler({"image": labelled["image"], "label": labelled["label"]},
+                                    per_step, self.seed)
+
+  def __call__(self, data: dict, step: int) -> dict:
+    extra = self._augment(self.sampler.batch(step), np.random.default_rng([self.seed, step, 1]))
+    return {"image": np.concatenate([data["image"], extra["image"]]).astype(np.float32),
+            "label": np.concatenate([data["label"], extra["label"].astype(data["label"].dtype)])}
+
+
+def _mixer(config):
+  d = config.downstream
+  m = int(d.get("mix_labelled", 0))
+  if m <= 0:
+    return None
+  if m >= int(d.batch):
+    raise ValueError(f"downstream.mix_labelled={m} leaves no place for synthetic images in "
+                     f"a batch of downstream.batch={d.batch}; use fewer.")
+  return _Mixer(config, m)
+
+
 def _load_batch(source, indices) -> dict:
   examples = [source[int(i)] for i in indices]
   return {"image": np.stack([ex["image"] for ex in examples]).astype(np.float32) / 127.5 - 1.0,
@@ -417,7 +445,11 @@ def train(config, workdir) -> dict:
   if n < batch:
     raise ValueError(f"The synthetic set has {n} images, fewer than downstream.batch={batch}: "
                      "generate more (downstream.num_images) or filter less.")
-  steps_per_epoch = n // batch
+  # Beyond the paper: `mix_labelled` of each batch's places go to the k
+  # labelled images (augmented as the supervised baseline), the rest to the set.
+  mix = _mixer(config)
+  syn_per_step = batch - (mix.per_step if mix else 0)
+  steps_per_epoch = n // syn_per_step
   tx, step_fn, predict = _compiled(
       json.dumps(metric_writers.to_jsonable(restore.segmenter_config(config, "downstream")),
                  sort_keys=True),
@@ -449,8 +481,11 @@ def train(config, workdir) -> dict:
   for epoch in range(start_epoch, d.epochs):
     order = np.random.default_rng([int(config.seed), epoch]).permutation(n)
     for i in range(steps_per_epoch):
-      state, metrics = step_fn(state, _load_batch(source, order[i * batch:(i + 1) * batch]))
+      data = _load_batch(source, order[i * syn_per_step:(i + 1) * syn_per_step])
       step = epoch * steps_per_epoch + i + 1
+      if mix:
+        data = mix(data, step)
+      state, metrics = step_fn(state, data)
       if step % log_every == 0 or i == steps_per_epoch - 1:
         metrics = jax.device_get(metrics)
         progress_lib.check_finite(metrics, step)

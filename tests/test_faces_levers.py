@@ -112,3 +112,19 @@ def test_class_weights_in_the_labelled_loss_by_hand():
   c.matching.class_weights = (1.0, 2.0)
   with pytest.raises(ValueError, match="class_weights has 2 values for 6 classes"):
     build._class_weights(c)  # pylint: disable=protected-access
+
+
+def test_mix_labelled_fills_the_batch_with_augmented_labelled_images(tmp_path):
+  c = _config("tiny", "num_labelled=3")
+  c.data.data_dir = str(tmp_path)
+  c.downstream.update(batch=8, mix_labelled=2)
+  mix = downstream._mixer(c)  # pylint: disable=protected-access
+  syn = {"image": np.zeros((6, 32, 32, 3), np.float32), "label": np.full((6, 32, 32), 9, np.uint8)}
+  out = mix(syn, step=5)
+  assert out["image"].shape == (8, 32, 32, 3) and out["label"].dtype == np.uint8
+  assert (out["label"][:6] == 9).all() and out["label"][6:].max() < 6
+  assert np.abs(out["image"][6:]).max() > 0.1  # real faces, not the zeros
+  np.testing.assert_array_equal(mix(syn, step=5)["image"], out["image"])  # a function of the step
+  c.downstream.mix_labelled = 8
+  with pytest.raises(ValueError, match="mix_labelled=8 leaves no place"):
+    downstream._mixer(c)  # pylint: disable=protected-access

@@ -188,7 +188,9 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
   def lagm(name, cfg, run_dir, with_curve=False):
     annotate.train_and_evaluate(cfg, run_dir)
     downstream.run(cfg, run_dir, annotator_step="latest")
-    add(f"{name} (downstream S)", run_dir, "downstream", cfg)
+    mixed = int(cfg.downstream.get("mix_labelled", 0)) > 0
+    add(f"{name} {'+ labelled mixed ' if mixed else ''}(downstream S)", run_dir, "downstream",
+        cfg)
     add(f"{name} (phase-one S)", run_dir, "annotate", cfg)
     if int(cfg.downstream.get("finetune_steps", 0)) > 0:
       add(f"{name} + labelled", downstream.finetune_dir(run_dir), "annotate", cfg)
