@@ -1,12 +1,14 @@
 r"""The main job: few-shot face parts (DCGAN + FASSEG), LAGM and baselines.
 
   .venv/bin/python launch/faces.py --config=configs/faces.py:num=2 --workdir=runs/faces_k2
-  # offline: FASSEG from a local folder holding V2/
+  # offline: FASSEG from a local folder holding V2/ and V3/
   .venv/bin/python launch/faces.py --config=configs/faces.py:num=2 --workdir=runs/faces_k2 \
       --manual_dir=../shared/data/fasseg
 
-Runs annotate -> downstream -> evaluation on the 50 FASSEG test faces, plus
-the baselines (--baselines=supervised,rendered), prints the result table and
+Runs annotate -> downstream (-> "LAGM + labelled" with
+--config.downstream.finetune_steps=N) -> evaluation on the 50 FASSEG
+frontal02 test faces and the 182 multipose V3 validation faces, plus the
+baselines (--baselines=supervised,rendered), prints both result tables and
 where the grids are. Rerunning the same command resumes.
 """
 from absl import app, flags
@@ -35,7 +37,7 @@ def main(argv):
   # One run per workdir, checked before the datasets and models load.
   with workdir.hold(WORKDIR.value, multihost=False):
     result = faces.run(config, WORKDIR.value, baselines=BASELINES.value)
-  print(f"\nTest faces ({config.data.num_labelled} labelled), scores x100:\n")
+  print(f"\n{config.data.num_labelled} labelled faces, scores x100.\n")
   print(result["table"])
   print("\nGrids (test face / truth / prediction):")
   for name, path in result["grids"].items():
