@@ -98,52 +98,67 @@ def test_dcgan_float64_matches_torch_reference():
   np.testing.assert_allclose(images, want.transpose(0, 2, 3, 1), atol=1e-4)
 
 
-def _float64_agrees(module, variables, inputs, tol, **kw):
-  """The module in float64 (params and inputs) gives float64 outputs and
-  parameter gradients (shapes only: a compile each costs more than it adds),
-  and its float32 outputs to `tol` of their scale; float32 in, float32 out
-  (also under x64)."""
+def _struct(x, dtype):
+  return jax.ShapeDtypeStruct(jnp.shape(x), dtype)
+
+
+def _check_dtypes(module, rngs, inputs, **kw):
+  """Shapes only (jax.eval_shape traces the module, nothing compiles): under
+  x64, init gives float32 params; float64 params and inputs give float64
+  outputs and parameter gradients; float32 ones give float32 outputs."""
   def logits(v, x):
     out = module.apply(v, *x, **kw)
     return out[0] if isinstance(out, tuple) else out  # (logits, batch_stats)
 
-  apply = jax.jit(logits)
-  out32 = np.asarray(apply(variables, inputs))
   loss = lambda v, x: jnp.sum(jnp.tanh(logits(v, x)))
   with jax.enable_x64(True):
-    v64, x64 = _f64(variables), _f64(inputs)
-    out = np.asarray(apply(v64, x64))
-    grads = jax.eval_shape(jax.grad(loss), v64, x64)
-    assert out.dtype == np.float64 and _dtypes(grads) == {"float64"}
-    assert jax.eval_shape(apply, variables, inputs).dtype == jnp.float32
-  np.testing.assert_allclose(out, out32, atol=tol * np.abs(out).max())
+    x32 = jax.tree.map(lambda x: _struct(x, jnp.float32), inputs)
+    v32 = jax.eval_shape(lambda r, x: module.init(r, *x), rngs, x32)
+    assert _dtypes(v32) == {"float32"}
+    v64, x64 = (jax.tree.map(lambda x: _struct(x, jnp.float64), t) for t in (v32, x32))
+    assert jax.eval_shape(logits, v64, x64).dtype == jnp.float64
+    assert _dtypes(jax.eval_shape(jax.grad(loss), v64, x64)) == {"float64"}
+    assert jax.eval_shape(logits, v32, x32).dtype == jnp.float32
 
 
-def test_unet_and_annotator_float64():
-  # The UNet with the paper's BatchNorm (training mode: batch statistics),
-  # the annotator with our default GroupNorm.
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
-  u = unet.UNet(3, widths=(4, 4, 8, 8, 8), norm="batch")
-  _float64_agrees(u, u.init(jax.random.PRNGKey(1), x), (x,), 1e-4,
-                  train=True, mutable=["batch_stats"])
-  feats = tuple(jax.random.normal(jax.random.PRNGKey(i), (2, r, r, 8))
-                for i, r in enumerate((4, 8, 16)))
-  a = annotator.Annotator(3, tmp_channels=8, num_layers=3, norm="group")
-  _float64_agrees(a, a.init(jax.random.PRNGKey(2), feats), (feats,), 1e-4)
+def test_unet_annotator_deeplab_dtypes():
+  # The UNet with the paper's BatchNorm in training mode (batch statistics),
+  # the annotator with our default GroupNorm, a small DeepLab; values in
+  # float64 are checked end to end below and in test_steps.py.
+  key = jax.random.PRNGKey(0)
+  _check_dtypes(unet.UNet(3, widths=(4, 4, 8, 8, 8), norm="batch"), key,
+                (np.zeros((2, 16, 16, 3)),), train=True, mutable=["batch_stats"])
+  feats = tuple(np.zeros((2, r, r, 8)) for r in (4, 8, 16))
+  _check_dtypes(annotator.Annotator(3, tmp_channels=8, num_layers=3, norm="group"), key,
+                (feats,))
+  _check_dtypes(deeplab.DeepLabV3(3, stage_sizes=(1, 1, 1, 1), width=4, aspp_channels=8),
+                {"params": key, "dropout": key}, (np.zeros((2, 32, 32, 3)),))
 
 
-def test_deeplab_float64():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  m = deeplab.DeepLabV3(3, stage_sizes=(1, 1, 1, 1), width=4, aspp_channels=8)
-  v = m.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}, x)
-  _float64_agrees(m, v, (x,), 1e-4)
+def _float64_state(shapes, seed=0):
+  """A TrainState of `shapes` with float64 random params (numpy: initialising
+  even a tiny UNet with Flax compiles for ~20 s on 2 cores) and zero optimiser
+  state, step and key."""
+  rng = np.random.default_rng(seed)
+
+  def param(path, x):
+    if "scale" in jax.tree_util.keystr(path):
+      return jnp.asarray(1.0 + 0.1 * rng.standard_normal(x.shape))
+    fan_in = int(np.prod(x.shape[:-1])) if len(x.shape) > 1 else 1
+    return jnp.asarray(rng.standard_normal(x.shape) / np.sqrt(fan_in))
+
+  zeros = lambda x: jnp.zeros(x.shape, jnp.float64 if jnp.issubdtype(x.dtype, jnp.floating)
+                              else x.dtype)
+  return jax.tree.map(zeros, shapes).replace(
+      ann_params=jax.tree_util.tree_map_with_path(param, shapes.ann_params),
+      seg_params=jax.tree_util.tree_map_with_path(param, shapes.seg_params))
 
 
 def test_annotator_step_float64_end_to_end():
   # The official tiny StyleGAN2 (32x32), the annotator and a UNet, all float64:
   # one jitted annotator step. S's output conv is matched: its gradient needs
   # S's forward pass only, which keeps the compile short.
-  data, arch, params = _sg2_fixture()
+  _, arch, params = _sg2_fixture()
   with jax.enable_x64(True):
     gen_params = _f64(params)
     gen = sg.make_generator(gen_params, arch, noise_mode="random")
@@ -153,13 +168,11 @@ def test_annotator_step_float64_end_to_end():
         segmenter=unet.UNet(3, widths=(4, 4, 8, 8, 8)),
         ann_tx=state_lib.make_optimizer("sgd", 1e-2),
         seg_tx=state_lib.make_optimizer("sgd", 1e-2), matched=(), syn_batch=2, seg_batch=2)
-    s = _f64(state_lib.init_state(m, gen_params, seed=0))
+    s = _float64_state(jax.eval_shape(lambda g: state_lib.init_state(m, g, seed=0), gen_params))
     m = state_lib.Method(**{**m.__dict__,
                             "matched": state_lib.matched_paths(s.seg_params, "unet:out")})
-    images, _ = gen.apply_fn(gen_params, jnp.asarray(data["input/z"][:2], jnp.float64),
-                             jax.random.PRNGKey(3))
-    labels = jax.random.randint(jax.random.PRNGKey(4), (2, 32, 32), 0, 3)
-    assert images.dtype == jnp.float64
+    images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)))
+    labels = jnp.asarray(np.random.default_rng(2).integers(0, 3, (2, 32, 32)), jnp.int32)
     s1, metrics = jax.jit(functools.partial(steps.annotator_step, method=m))(
         s, {"image": images, "label": labels}, gen_params)
     assert _dtypes((s1.ann_params, s1.seg_params, s1.ann_opt_state)) == {"float64"}
