@@ -16,7 +16,6 @@ from gmseg import compile_cache
 # default ~/.cache/gmseg/jax; 'off' disables; CI can keep the folder).
 compile_cache.enable()
 
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -167,6 +167,8 @@ def _check_same_config(out: pathlib.Path, config) -> None:
   if saved is not None and saved != now:
     logging.warning("%s was run with a different config than the one requested now; "
                     "its results are kept. Delete the folder to rerun it.", out)
+
+
 SMALL_PARTS = ("eyes", "nose", "mouth")
 
 
@@ -181,8 +183,6 @@ def row_metrics(row: dict, class_names: Sequence[str]) -> dict:
     out[prefix + "fg_miou"] = 100.0 * r["fg_miou"]
     out.update({f"{prefix}iou/{c}": 100.0 * v for c, v in zip(class_names, r["iou"])})
   return out
-
-
 
 
 def aggregate(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS) -> dict:
