@@ -169,19 +169,6 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
     return _train_and_evaluate(config, pathlib.Path(workdir))
 
 
-def _saved_config(ckpt: checkpoint.Checkpointer) -> tuple[Optional[int], Optional[dict]]:
-  """(latest step, its config) read from the JSON meta alone; (None, None) for a new run.
-
-  A damaged latest step is left to `maybe_restore`: the newest readable meta is used.
-  """
-  for step in reversed(ckpt.all_steps()):
-    try:
-      return step, ckpt.restore_meta(step).get("config")
-    except Exception:  # pylint: disable=broad-except  (damaged: maybe_restore reports it)
-      continue
-  return None, None
-
-
 def check_resume(config, ckpt: checkpoint.Checkpointer, workdir) -> None:
   """Stops a resume that cannot continue, before any heavy setup.
 
@@ -190,7 +177,7 @@ def check_resume(config, ckpt: checkpoint.Checkpointer, workdir) -> None:
       optimiser, classes, matched parameters, batches, seed, ...), or
       train.steps is below the checkpoint's step.
   """
-  step, saved = _saved_config(ckpt)
+  step, saved = ckpt.saved_config()
   if step is None:
     return
   if step > config.train.steps:

@@ -368,6 +368,19 @@ class Checkpointer:
     return self._mgr.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
+  def saved_config(self) -> tuple[Optional[int], Optional[dict]]:
+    """(newest step whose meta reads, its config), or (None, None) when none.
+
+    Reads the JSON meta alone, so a resume compares configs before any heavy
+    setup; a damaged step's state is left to `maybe_restore`, which reports it.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self.restore_meta(step).get("config")
+      except Exception:  # pylint: disable=broad-except  (damaged: maybe_restore reports it)
+        continue
+    return None, None
+
 
 def restore_subtree(directory, path: Sequence[Any] = ("seg_params",),
                     step: Optional[int] = None,

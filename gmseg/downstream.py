@@ -458,7 +458,7 @@ def train(config, workdir) -> dict:
 
   ckpt = checkpoint.Checkpointer(out / "checkpoints", keep=KEEP_SNAPSHOTS, best_key="fg_miou")
   # Compared before restoring: a changed segmenter or optimiser stops here.
-  saved_step, saved_config = _saved_config(ckpt)
+  saved_step, saved_config = ckpt.saved_config()
   changes = workdir_lib.check_resume(out, saved_config, config, saved_step or 0,
                                      blocking=workdir_lib.DOWNSTREAM_BLOCKING,
                                      what="downstream training")
@@ -519,16 +519,6 @@ def train(config, workdir) -> dict:
                          if k not in ("step", "time", "prefix", "epoch")}
   return dict(summary, epochs=int(d.epochs), steps=int(d.epochs) * steps_per_epoch,
               dataset_size=n, best_epoch=best_epoch)
-
-
-def _saved_config(ckpt: checkpoint.Checkpointer):
-  """(latest readable step, its config), or (None, None) before the first epoch."""
-  for step in reversed(ckpt.all_steps()):
-    try:
-      return step, ckpt.restore_meta(step).get("config")
-    except Exception:  # pylint: disable=broad-except  (damaged: maybe_restore reports it)
-      continue
-  return None, None
 
 
 def finetune_dir(workdir) -> pathlib.Path:
