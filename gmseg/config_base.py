@@ -37,6 +37,9 @@ def get_base() -> ml_collections.ConfigDict:
       "eval_transform": "",
       "resolution": 64,        # side of labelled images and segmenter input
       "transform": "square_crop",  # pipeline.load_split transform
+      # Zoom range of the flip/zoom/colour augmentation (supervised baseline,
+      # mixed labelled images, downstream.augment): s < 1 zooms out.
+      "augment_zoom": (1.0, 1.3),
       "data_dir": "",
       "manual_dir": "",
   })
@@ -142,6 +145,9 @@ def get_base() -> ml_collections.ConfigDict:
       # Beyond the paper: places of each phase-two batch given to the k labelled
       # images (augmented) instead of synthetic ones (0 = off).
       "mix_labelled": 0,
+      # Beyond the paper: flip / zoom / colour jitter of each synthetic batch
+      # (pipeline.augment, as the supervised baseline's labelled batches).
+      "augment": False,
   })
   return c
 

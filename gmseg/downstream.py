@@ -63,6 +63,7 @@ from gmseg import state as state_lib
 from gmseg import steps
 from gmseg import viz
 from gmseg import workdir as workdir_lib
+from gmseg.data import pipeline
 from gmseg.data import synthetic
 
 FILTERS = ("none", "confidence", "ensemble", "gradient")
@@ -361,8 +362,8 @@ class _Mixer:
   """Appends `per_step` augmented labelled images to each synthetic batch."""
 
   def __init__(self, config, per_step: int):
-    from gmseg.data import pipeline  # pylint: disable=g-import-not-at-top
-    self.per_step, self.seed, self._augment = per_step, int(config.seed), pipeline.augment
+    self.per_step, self.seed = per_step, int(config.seed)
+    self._augment = pipeline.augmenter(config)
     labelled = build.split_arrays(config, config.data.labelled_split,
                                   limit=config.data.num_labelled)
     self.sampler = pipeline.Sampler({"image": labelled["image"], "label": labelled["label"]},
@@ -383,6 +384,28 @@ def _mixer(config):
     raise ValueError(f"downstream.mix_labelled={m} leaves no place for synthetic images in "
                      f"a batch of downstream.batch={d.batch}; use fewer.")
   return _Mixer(config, m)
+
+
+def batch_transform(config):
+  """How a phase-two batch is made from the synthetic images read for it.
+
+  Returns `(transform, labelled_per_step)`: `transform(data, step)` augments
+  the synthetic batch (`downstream.augment`: flip / zoom / colour jitter,
+  `data.augment_zoom`; rng `[seed, step, 2]`), then appends the mixed labelled
+  images (`downstream.mix_labelled`, augmented alike); `data` is
+  {'image': float32 `[b, H, W, 3]`, 'label': uint8 `[b, H, W]`} and the
+  output has `b + labelled_per_step` rows.
+  """
+  mix = _mixer(config)
+  augment = pipeline.augmenter(config) if config.downstream.get("augment", False) else None
+  seed = int(config.seed)
+
+  def transform(data: dict, step: int) -> dict:
+    if augment is not None:  # the mixer augments its labelled images itself
+      data = augment(data, np.random.default_rng([seed, step, 2]))
+    return mix(data, step) if mix else data
+
+  return transform, (mix.per_step if mix else 0)
 
 
 def _load_batch(source, indices) -> dict:
@@ -447,8 +470,8 @@ def train(config, workdir) -> dict:
                      "generate more (downstream.num_images) or filter less.")
   # Beyond the paper: `mix_labelled` of each batch's places go to the k
   # labelled images (augmented as the supervised baseline), the rest to the set.
-  mix = _mixer(config)
-  syn_per_step = batch - (mix.per_step if mix else 0)
+  transform, labelled_per_step = batch_transform(config)
+  syn_per_step = batch - labelled_per_step
   steps_per_epoch = n // syn_per_step
   tx, step_fn, predict = _compiled(
       json.dumps(metric_writers.to_jsonable(restore.segmenter_config(config, "downstream")),
@@ -483,8 +506,7 @@ def train(config, workdir) -> dict:
     for i in range(steps_per_epoch):
       data = _load_batch(source, order[i * syn_per_step:(i + 1) * syn_per_step])
       step = epoch * steps_per_epoch + i + 1
-      if mix:
-        data = mix(data, step)
+      data = transform(data, step)
       state, metrics = step_fn(state, data)
       if step % log_every == 0 or i == steps_per_epoch - 1:
         metrics = jax.device_get(metrics)

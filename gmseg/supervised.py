@@ -67,11 +67,12 @@ def train(config, workdir, num_steps: Optional[int] = None,
   progress = progress_lib.Progress(num_steps, start_step=int(state.step))
   losses = []
   step = int(state.step)
+  aug = pipeline.augmenter(config)
   try:
     while step < num_steps:
       batch = sampler.batch(step)
       if augment:
-        batch = pipeline.augment(batch, np.random.default_rng([config.seed, step]))
+        batch = aug(batch, np.random.default_rng([config.seed, step]))
       batch = {"image": jnp.asarray(batch["image"]),
                "label": jnp.asarray(batch["label"], jnp.int32)}
       state, metrics = step_fn(state, batch)

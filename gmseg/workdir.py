@@ -42,6 +42,7 @@ ANNOTATE_HARMLESS = (
     "train.grid_every", "train.keep", "train.eval_batch", "ann_optim.lr", "seg_optim.lr",
     "data.num_val", "data.val_split", "data.test_split", "data.eval_dataset",
     "data.val_dataset", "data.eval_transform", "data.data_dir", "data.manual_dir",
+    "data.augment_zoom",  # used by the baselines and phase two only
     "segmenter.pretrained", "downstream.",
     # Both paths give the same mean gradient (to float32 noise; tests/test_steps.py).
     "matching.grad_path")

@@ -4,6 +4,7 @@ Labelled sets in this method are small (tens to a few thousand images), so a
 split is loaded once into host memory as numpy arrays and batches are drawn
 by index: no tf.data, and a batch is a pure function of (seed, step).
 """
+import functools
 import os
 from typing import Any
 
@@ -146,13 +147,15 @@ class Sampler:
     return {k: v[idx] for k, v in self.arrays.items()}
 
 
-def augment(batch: dict[str, Any], rng: np.random.Generator, *, max_scale: float = 1.3,
-            jitter: float = 0.2) -> dict[str, Any]:
+def augment(batch: dict[str, Any], rng: np.random.Generator, *, min_scale: float = 1.0,
+            max_scale: float = 1.3, jitter: float = 0.2) -> dict[str, Any]:
   """Label-consistent augmentation for the supervised baseline (numpy).
 
-  Per example: horizontal flip (p=0.5); random zoom by s in [1, max_scale]
-  (crop of side R/s at a random place, resized back: bilinear image, nearest
-  label); brightness/contrast/saturation jitter of +-`jitter` on the image.
+  Per example: horizontal flip (p=0.5); random zoom by s in [min_scale,
+  max_scale] (a window of side R/s at a random place, resized back: bilinear
+  image, nearest label; s < 1 zooms out, the window reaching past the border,
+  where image and label both repeat their edge pixels, so they stay paired);
+  brightness/contrast/saturation jitter of +-`jitter` on the image.
 
   Args:
     batch: {'image': float32 `[B, H, W, 3]` in [-1, 1], 'label': uint8 `[B, H, W]`, ...}.
@@ -161,6 +164,9 @@ def augment(batch: dict[str, Any], rng: np.random.Generator, *, max_scale: float
   Returns:
     a new dict with augmented 'image' and 'label' (other keys copied).
   """
+  if not 0.0 < min_scale <= max_scale:
+    raise ValueError(f"Zoom range [{min_scale}, {max_scale}]: need 0 < min <= max "
+                     "(data.augment_zoom).")
   images, labels = np.asarray(batch["image"]), np.asarray(batch["label"])
   b, h, w, _ = images.shape
   out_i, out_l = np.empty_like(images), np.empty_like(labels)
@@ -168,9 +174,11 @@ def augment(batch: dict[str, Any], rng: np.random.Generator, *, max_scale: float
     img, lab = images[i], labels[i]
     if rng.random() < 0.5:
       img, lab = img[:, ::-1], lab[:, ::-1]
-    s = rng.uniform(1.0, max_scale)
+    s = rng.uniform(min_scale, max_scale)
     ch, cw = max(1, int(round(h / s))), max(1, int(round(w / s)))
-    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    # A window larger than the image (s < 1) starts at a negative offset.
+    top = rng.integers(min(0, h - ch), max(0, h - ch) + 1)
+    left = rng.integers(min(0, w - cw), max(0, w - cw) + 1)
     # Nearest/bilinear sampling at the crop's pixel centres, in one vectorised gather.
     ys = top + (np.arange(h) + 0.5) * (ch / h) - 0.5
     xs = left + (np.arange(w) + 0.5) * (cw / w) - 0.5
@@ -195,3 +203,9 @@ def augment(batch: dict[str, Any], rng: np.random.Generator, *, max_scale: float
   out = dict(batch)
   out.update(image=out_i, label=out_l)
   return out
+
+
+def augmenter(config):
+  """`augment` with the config's zoom range (`data.augment_zoom`, default (1.0, 1.3))."""
+  lo, hi = tuple(config.data.get("augment_zoom", (1.0, 1.3)))
+  return functools.partial(augment, min_scale=float(lo), max_scale=float(hi))
