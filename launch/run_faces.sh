@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash launch/setup.sh
 exec .venv/bin/python launch/faces.py \
-  --config=configs/faces.py:num=2,steps=600,downstream_images=300 \
-  --config.downstream.epochs=2 --config.downstream.finetune_steps=600 \
+  --config=configs/faces.py:num=2,steps=600,downstream_images=2000 \
+  --config.downstream.epochs=3 --config.downstream.finetune_steps=600 \
   --config.train.eval_every=100 --config.train.ckpt_every=100 \
   --config.train.grid_every=300 --baselines=supervised --workdir=runs/faces_k2 "$@"
