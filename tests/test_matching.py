@@ -1,11 +1,12 @@
 """Distances, parameter selection, losses, per-example gradients."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gmseg import losses, matching
-from gmseg.models import unet
+from gmseg.models import layers, unet
 
 
 def _cos_rows(a, b, eps=1e-6):
@@ -152,18 +153,37 @@ def test_sanitize_counts_and_clips():
   assert int(bad) == 3
 
 
-def test_mean_of_per_example_grads_equals_batch_grad():
-  model = unet.UNet(3, widths=(4, 4, 8, 8, 8), norm="group")
-  x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
-  y = jax.random.randint(jax.random.PRNGKey(2), (4, 16, 16), 0, 3)
-  params = model.init(jax.random.PRNGKey(0), x)["params"]
-  flat = matching.flatten(params)
+class _ConvGroupNorm(nn.Module):
+  """conv-GroupNorm-ReLU, 1x1 conv: per-example normalisation, as the UNet's,
+  in a graph small enough that vmap(grad) compiles in a second or two."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = layers.conv_norm_relu(x, 4, "group", False, "a")
+    return nn.Conv(3, (1, 1), name="out")(h)
+
+
+def test_per_example_grads_are_each_examples_grad_and_average_to_the_batch_grad():
+  # The steps' per-example path is checked against the batch path in
+  # tests/test_steps.py; here the primitive itself: row i is example i's own
+  # gradient, and the rows average to the gradient of the batch-mean loss.
+  model = _ConvGroupNorm()
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
+  y = jax.random.randint(jax.random.PRNGKey(2), (4, 8, 8), 0, 3)
+  flat = matching.flatten(model.init(jax.random.PRNGKey(0), x)["params"])
 
   def loss(p, x, y):
     return losses.hard_cross_entropy(model.apply({"params": matching.unflatten(p)}, x), y)
 
-  per_ex = matching.per_example_grads(lambda p, xi, yi: loss(p, xi[None], yi[None]), flat, x, y)
-  batch = jax.grad(loss)(flat, x, y)
+  per_ex = jax.jit(lambda p: matching.per_example_grads(
+      lambda p, xi, yi: loss(p, xi[None], yi[None]), p, x, y))(flat)
+  grad = jax.jit(jax.grad(loss))
+  batch = grad(flat, x, y)
+  third = grad(flat, x[2:3], y[2:3])
+  assert len(flat) == 6
   for k in flat:
     assert per_ex[k].shape == (4,) + flat[k].shape
+    np.testing.assert_allclose(per_ex[k][2], third[k], atol=2e-6, rtol=1e-4)
     np.testing.assert_allclose(per_ex[k].mean(0), batch[k], atol=2e-6, rtol=1e-4)
+  # The examples' gradients differ (the rows are not one gradient repeated).
+  assert float(jnp.max(jnp.abs(per_ex["out/kernel"][0] - per_ex["out/kernel"][1]))) > 1e-3
