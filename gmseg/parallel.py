@@ -117,6 +117,22 @@ def pmap_iteration(method: Method, devices=None) -> Callable:
                   axis_name=AXIS, devices=devices, donate_argnums=(0,))
 
 
+def pmap_iterations(method: Method, devices=None) -> Callable:
+  """pmapped `steps.unrolled_iterations`: `(state, batches, gen_params) -> (state,
+  metrics)`, several iterations in one program. `batches` leaves are
+  `[devices, n, per_device, ...]` (`stack_batches`); metrics come back
+  `[devices, n]`. The state is donated."""
+  return jax.pmap(functools.partial(steps.unrolled_iterations, method=method, axis_name=AXIS),
+                  axis_name=AXIS, devices=devices, donate_argnums=(0,))
+
+
+def stack_batches(batches: list, num_devices: Optional[int] = None) -> PyTree:
+  """Host batches of consecutive iterations -> `[devices, n, per_device, ...]`
+  (each sharded by `shard_batch`, then stacked along axis 1) for `pmap_iterations`."""
+  shards = [shard_batch(b, num_devices) for b in batches]
+  return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *shards)
+
+
 def init_distributed(multihost: bool, coordinator_address: Optional[str] = None,
                      num_processes: Optional[int] = None,
                      process_id: Optional[int] = None) -> None:

@@ -213,7 +213,8 @@ def labelled_grads(state: TrainState, batch: dict, *, method: Method,
 
 
 def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
-                  method: Method, axis_name: Optional[str] = None):
+                  method: Method, axis_name: Optional[str] = None,
+                  generated=None):
   """Gradient-matching loss of the annotator at the current segmenter.
 
   z -> G -> (images, features) -> A -> soft labels -> mean gradient of S's
@@ -222,13 +223,16 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
   Args:
     ann_params: annotator parameters (the variable differentiated).
     g_real: the target gradient from `labelled_grads`.
+    generated: optional (images, features) of this step's latents, as
+      `generate_for_step` returns them (else G runs here).
   Returns:
     (distance, (new annotator batch_stats, synthetic gradient, S's
     batch_stats after the synthetic pass)).
   """
-  shared, local = _step_keys(state, _ANN, 4, axis_name)
-  z = sample_latents(shared[1], method.syn_batch, method.z_dim, axis_name)
-  images, feats = _generate(method, gen_params, z, local[2])
+  _, local = _step_keys(state, _ANN, 4, axis_name)
+  if generated is None:
+    generated = _generate_ann(method, state, gen_params, axis_name)
+  images, feats = generated
   logits, ann_stats = annotate(method, ann_params, state.ann_stats, feats,
                                images.shape[1:3], train=True)
   x, p = _with_transform(method, images, jax.nn.softmax(logits, axis=-1))
@@ -241,7 +245,8 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
 
 
 def annotator_step(state: TrainState, batch: dict, gen_params, *,
-                   method: Method, axis_name: Optional[str] = None):
+                   method: Method, axis_name: Optional[str] = None,
+                   generated=None):
   """One gradient-matching update of the annotator.
 
   Args:
@@ -251,6 +256,7 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
     gen_params: the frozen generator's parameters.
     method: static setup (closed over, not traced).
     axis_name: device axis under pmap, else None.
+    generated: optional pre-generated samples (see `matching_loss`).
   Returns:
     (new state, metrics dict of scalars).
   """
@@ -260,7 +266,8 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   seen = state.replace(seg_stats=seg_stats) if method.ann_step_seg_stats == "update" else state
   (dist, (ann_stats, g_syn, seg_stats)), grads = jax.value_and_grad(
       matching_loss, has_aux=True)(state.ann_params, seen, g_real, gen_params,
-                                   method=method, axis_name=axis_name)
+                                   method=method, axis_name=axis_name,
+                                   generated=generated)
   params, opt_state, metrics = _apply_grads(
       grads, state.ann_params, state.ann_opt_state, method.ann_tx, axis_name, "ann")
   metrics.update({
@@ -275,37 +282,112 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   return state, _pmean(metrics, axis_name)
 
 
+def _generate_ann(method: Method, state: TrainState, gen_params, axis_name):
+  """The annotator step's samples: latents and noise key of (step, _ANN)."""
+  shared, local = _step_keys(state, _ANN, 4, axis_name)
+  z = sample_latents(shared[1], method.syn_batch, method.z_dim, axis_name)
+  return _generate(method, gen_params, z, local[2])
+
+
+def _generate_seg(method: Method, state: TrainState, gen_params, axis_name):
+  """The segmenter step's samples: latents and noise key of (step, _SEG)."""
+  shared, local = _step_keys(state, _SEG, 3, axis_name)
+  z = sample_latents(shared[0], method.seg_batch, method.z_dim, axis_name)
+  return _generate(method, gen_params, z, local[0])
+
+
+def generate_for_step(method: Method, state: TrainState, gen_params,
+                      axis_name: Optional[str] = None):
+  """The generator samples of both steps of iteration `state.step`, from one
+  generator call where the two batches have the same size.
+
+  G is frozen and the latents and noise keys depend only on (rng, step), so
+  both batches can be generated before the annotator update. The call is
+  `vmap`ped over the two (latents, noise key) pairs: every sample, StyleGAN's
+  per-call noise included, is the one the two separate calls draw (a joint
+  batch of 2B latents would draw different noise), while XLA runs each layer
+  once on 2B examples.
+
+  Returns:
+    ((images, features) of the annotator step, (images, features) of the
+    segmenter step), images `[B, H, W, 3]`.
+  """
+  if method.syn_batch != method.seg_batch:
+    return (_generate_ann(method, state, gen_params, axis_name),
+            _generate_seg(method, state, gen_params, axis_name))
+  a_shared, a_local = _step_keys(state, _ANN, 4, axis_name)
+  s_shared, s_local = _step_keys(state, _SEG, 3, axis_name)
+  z = jnp.stack([
+      sample_latents(a_shared[1], method.syn_batch, method.z_dim, axis_name),
+      sample_latents(s_shared[0], method.seg_batch, method.z_dim, axis_name)])
+  keys = jnp.stack([a_local[2], s_local[0]])
+  both = jax.vmap(lambda zz, k: _generate(method, gen_params, zz, k))(z, keys)
+  return jax.tree.map(lambda x: x[0], both), jax.tree.map(lambda x: x[1], both)
+
+
 def iteration_step(state: TrainState, batch: dict, gen_params, *,
                    method: Method, axis_name: Optional[str] = None):
   """One loop iteration as one program: `annotator_step`, then
   `segmenter_step` (which increments `state.step`).
 
-  Exactly the two steps in turn (same keys, same latents); one dispatch and
-  one set of donated buffers instead of two. The generator runs once per
-  step: one call over both latent batches would draw StyleGAN's per-call
-  noise for the joint batch, i.e. different samples.
+  The two steps in turn with the same keys and latents; one dispatch, one
+  set of donated buffers, and one generator call for both latent batches
+  (`generate_for_step`: the same samples, to float32 rounding of the
+  batched layers).
 
   Returns:
     (new state, the metrics of both steps).
   """
+  ann_samples, seg_samples = generate_for_step(method, state, gen_params, axis_name)
   state, m_ann = annotator_step(state, batch, gen_params, method=method,
-                                axis_name=axis_name)
-  state, m_seg = segmenter_step(state, gen_params, method=method, axis_name=axis_name)
+                                axis_name=axis_name, generated=ann_samples)
+  state, m_seg = segmenter_step(state, gen_params, method=method, axis_name=axis_name,
+                                generated=seg_samples)
   return state, {**m_ann, **m_seg}
 
 
+def unrolled_iterations(state: TrainState, batches: dict, gen_params, *,
+                        method: Method, axis_name: Optional[str] = None):
+  """`n` loop iterations in one program: `iteration_step` traced n times in
+  a row (n = the batches' leading axis, static).
+
+  Not `lax.scan`: on XLA's CPU backend the rolled while loop of this body
+  ran 6.4x slower per iteration than the straight-line program (preset
+  faces), and `scan(..., unroll=True)` compiles the body differently enough
+  to move the results by float32 rounding (~1e-7 after one iteration). The
+  traced loop gives the n single iterations' results bitwise (checked in
+  tests/test_iteration_scan.py), at n times the compile time.
+
+  Args:
+    batches: the labelled batches of iterations state.step ... state.step +
+      n - 1, stacked: `image` `[n, B, H, W, 3]`, `label` `[n, B, H, W]`.
+  Returns:
+    (state after n iterations, metrics with a leading axis `[n]`).
+  """
+  history = []
+  for i in range(jax.tree.leaves(batches)[0].shape[0]):
+    batch = jax.tree.map(lambda x: x[i], batches)
+    state, metrics = iteration_step(state, batch, gen_params, method=method,
+                                    axis_name=axis_name)
+    history.append(metrics)
+  return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+
+
 def segmenter_step(state: TrainState, gen_params, *, method: Method,
-                   axis_name: Optional[str] = None):
+                   axis_name: Optional[str] = None, generated=None):
   """One update of the segmenter on freshly annotated generator samples.
 
   The annotator is frozen here (eval mode); soft labels are its softmax.
+  `generated`: optional (images, features) of this step's latents
+  (`generate_for_step`), else G runs here.
 
   Returns:
     (new state with `step` incremented, metrics dict).
   """
-  shared, local = _step_keys(state, _SEG, 3, axis_name)
-  z = sample_latents(shared[0], method.seg_batch, method.z_dim, axis_name)
-  images, feats = _generate(method, gen_params, z, local[0])
+  _, local = _step_keys(state, _SEG, 3, axis_name)
+  if generated is None:
+    generated = _generate_seg(method, state, gen_params, axis_name)
+  images, feats = generated
   logits, _ = annotate(method, state.ann_params, state.ann_stats, feats,
                        images.shape[1:3], train=False)
   probs = lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
