@@ -48,6 +48,7 @@ import numpy as np
 from gmseg import build
 from gmseg import checkpoint
 from gmseg import evaluate
+from gmseg import host_memory
 from gmseg import metric_writers
 from gmseg import parallel
 from gmseg import progress as progress_lib
@@ -111,23 +112,56 @@ def write_grids(workdir: pathlib.Path, step: int, batch: dict, images, probs,
     writer.write_images(step, f"grids/{name}", grid)
 
 
-def summarize_metrics(history: list[tuple[int, dict]]) -> dict[str, float]:
+def summarize_metrics(history: list[tuple]) -> dict[str, float]:
   """NaN/Inf guard and mean of the metrics of several steps.
 
   Args:
     history: (step, metrics) in step order; metric values are `[devices]`
       arrays (pmeaned, so device 0 stands for all) as the pmapped steps return.
+      An entry (step, metrics, n) holds n iterations ending at `step`
+      (`parallel.pmap_iterations`): values `[devices, n]`.
   Returns:
     {name: mean over the steps that have it}.
   Raises:
     FloatingPointError naming the first step with a NaN/Inf metric.
   """
-  host = [(s, {k: np.asarray(v)[0] for k, v in jax.device_get(m).items()})
-          for s, m in history]
+  host = []
+  for entry in jax.device_get(history):
+    step, metrics, n = entry if len(entry) == 3 else (*entry, None)
+    if n is None:
+      host.append((step, {k: np.asarray(v)[0] for k, v in metrics.items()}))
+    else:
+      host += [(step - n + 1 + j, {k: np.asarray(v)[0, j] for k, v in metrics.items()})
+               for j in range(n)]
   for s, m in host:
     progress_lib.check_finite(m, s)
   keys = sorted({k for _, m in host for k in m})
   return {k: float(np.mean([m[k] for _, m in host if k in m])) for k in keys}
+
+
+def host_action_due(step: int, tc) -> bool:
+  """Whether the loop stops on the host after `step` finished iterations
+  (log, evaluation, checkpoint, grid, or the end)."""
+  return step == tc.steps or any(step % tc[k] == 0 for k in (
+      "log_every", "eval_every", "ckpt_every", "grid_every"))
+
+
+def dispatch_length(step: int, tc) -> int:
+  """Iterations the loop runs in one dispatch from `step`:
+  `train.steps_per_dispatch` when both steps are due every iteration and no
+  host action falls before the chunk's end, else 1.
+
+  A function of the step alone, so a resumed run (which restarts at a
+  checkpoint step, where no chunk ends inside) runs the same programs on the
+  same iterations as an uninterrupted one: resume stays bitwise. Only two
+  lengths occur (`steps_per_dispatch` and 1), i.e. two compiled programs.
+  """
+  n = tc.steps_per_dispatch
+  if n <= 1 or tc.ann_every != 1 or tc.seg_every != 1 or step + n > tc.steps:
+    return 1
+  if any(host_action_due(s, tc) for s in range(step + 1, step + n)):
+    return 1
+  return n
 
 
 def _val_record(result: dict, class_names) -> dict:
@@ -195,7 +229,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   num_classes = build.num_classes(config)
   for key in ("steps", "ann_every", "seg_every", "log_every", "eval_every",
-              "ckpt_every", "grid_every"):
+              "ckpt_every", "grid_every", "steps_per_dispatch"):
     if tc[key] < 1:
       raise ValueError(f"train.{key}={tc[key]} must be >= 1.")
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=tc.keep, best_key=BEST_KEY)
@@ -240,6 +274,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
 
   p_ann, p_seg, _ = parallel.pmap_steps(method)
   p_iter = parallel.pmap_iteration(method)  # compiled only when both steps are due
+  p_multi = parallel.pmap_iterations(method)  # compiled only when steps_per_dispatch > 1
   predict_fn = make_predict_fn(method)
   samples_fn = jax.jit(lambda st, gp, z, r: steps.annotate_samples(method, st, gp, z, r))
   grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _GRID_TAG)
@@ -247,6 +282,9 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
   r_gen = parallel.replicate(gen.params)
   r_state = parallel.replicate(state)
   del state  # the replicated copy is donated step by step
+  # Setup's compiles left freed heap pages resident; the step program's
+  # compile would add its peak on top of them.
+  host_memory.release()
 
   def grids(step):
     if not is_main:
@@ -256,7 +294,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
     write_grids(workdir, step, sampler.batch(step), images, probs, writer,
                 pal=viz.palette_for(config.class_names))
 
-  pending = []  # (step, device metrics) not yet checked and written
+  pending = []  # (step, device metrics[, n]) not yet checked and written
 
   def flush():
     # A host sync: done at log, eval and checkpoint steps only, so a
@@ -273,10 +311,17 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
     while step < tc.steps:
       metrics = {}
       ann_due, seg_due = step % tc.ann_every == 0, step % tc.seg_every == 0
-      if ann_due and seg_due:  # both steps as one program (one dispatch)
+      n = dispatch_length(step, tc)
+      if n > 1:  # n iterations, one dispatch; nothing on the host falls inside
+        batches = parallel.stack_batches([sampler.batch(i) for i in range(step, step + n)])
+        r_state, metrics = p_multi(r_state, batches, r_gen)
+        step += n
+        pending.append((step, metrics, n))
+        progress.update(step)
+      elif ann_due and seg_due:  # both steps as one program (one dispatch)
         batch = parallel.shard_batch(sampler.batch(step))
         r_state, metrics = p_iter(r_state, batch, r_gen)
-      else:
+      else:  # ann_every or seg_every > 1 at this iteration
         if ann_due:
           batch = parallel.shard_batch(sampler.batch(step))
           r_state, m = p_ann(r_state, batch, r_gen)
@@ -286,9 +331,10 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
           metrics.update(m)
         else:
           r_state = r_state.replace(step=r_state.step + 1)
-      step += 1
-      pending.append((step, metrics))
-      progress.update(step)
+      if n == 1:
+        step += 1
+        pending.append((step, metrics))
+        progress.update(step)
 
       is_last = step == tc.steps
       eval_due = step % tc.eval_every == 0 or is_last

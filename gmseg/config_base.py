@@ -125,6 +125,10 @@ def get_base() -> ml_collections.ConfigDict:
       # ours) | 'update' (moved by the labelled then the synthetic pass, as the
       # paper's code, which runs S in training mode; needs seg_bn=across_batch).
       "ann_step_seg_stats": "frozen",
+      # Iterations run as one program (one dispatch) between host actions
+      # (log, eval, checkpoint, grid); same results, bitwise. 1 = one dispatch
+      # per iteration. Used when ann_every = seg_every = 1.
+      "steps_per_dispatch": 1,
   })
 
   # Phase two: synthetic dataset from G + A, then a fresh segmenter.

@@ -45,7 +45,9 @@ ANNOTATE_HARMLESS = (
     "data.augment_zoom",  # used by the baselines and phase two only
     "segmenter.pretrained", "downstream.",
     # Both paths give the same mean gradient (to float32 noise; tests/test_steps.py).
-    "matching.grad_path")
+    "matching.grad_path",
+    # The same iterations, bitwise (tests/test_iteration_dispatch.py).
+    "train.steps_per_dispatch")
 # Phase two: keys that define the downstream segmenter's state or its epochs.
 DOWNSTREAM_BLOCKING = ("class_names", "seed", "downstream.segmenter", "downstream.optim.name",
                        "downstream.optim.momentum", "downstream.batch")
