@@ -167,9 +167,9 @@ def memory_in_subprocess(preset: str, program: str = "iteration",
   code = ("import json, sys; from gmseg import compile_cache; compile_cache.enable(); "
           "from gmseg.experiments import step_timing as t; "
           "print('RESULT', json.dumps(t._memory_child(*json.loads(sys.argv[1]))))")
-  base = ("import jax, json, resource; jax.numpy.zeros(1).block_until_ready(); "
-          "print('RESULT', json.dumps({'jax_baseline_mb': "
-          "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+  base = ("import jax, json; jax.numpy.zeros(1).block_until_ready(); "
+          "from gmseg import host_memory; "
+          "print('RESULT', json.dumps({'jax_baseline_mb': host_memory.peak_rss_mb()}))")
   result = {}
   for src, argv in ((base, []), (code, [json.dumps([preset, program, list(overrides)])])):
     proc = subprocess.run([sys.executable, "-c", src, *argv], capture_output=True,
