@@ -69,11 +69,18 @@ def test_annotator_gradient_matches_finite_differences_float64():
     np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-6)
 
 
-def test_steps_compile_once_and_report_metrics():
+@pytest.fixture(scope="module")
+def group_norm_steps():
+  """`_method()` and its jitted annotator, segmenter and supervised steps,
+  shared by the tests below, so each program compiles once in this file."""
   m, s, gen_params, batch = _method()
-  a_step = jax.jit(functools.partial(steps.annotator_step, method=m))
-  s_step = jax.jit(functools.partial(steps.segmenter_step, method=m))
-  sup_step = jax.jit(functools.partial(steps.supervised_step, method=m))
+  jitted = lambda fn: jax.jit(functools.partial(fn, method=m))
+  return (m, s, gen_params, batch, jitted(steps.annotator_step),
+          jitted(steps.segmenter_step), jitted(steps.supervised_step))
+
+
+def test_steps_compile_once_and_report_metrics(group_norm_steps):
+  _, s, gen_params, batch, a_step, s_step, sup_step = group_norm_steps
   ann_before = s.ann_params
   for _ in range(3):
     s, ma = a_step(s, batch, gen_params)
@@ -111,10 +118,10 @@ def test_batchnorm_rule():
     np.testing.assert_array_equal(a, b)
 
 
-def test_nonfinite_gradients_are_counted_and_cleaned():
-  m, s, gen_params, batch = _method()
+def test_nonfinite_gradients_are_counted_and_cleaned(group_norm_steps):
+  _, s, _, batch, _, _, sup_step = group_norm_steps
   bad = s.replace(seg_params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.inf), s.seg_params))
-  s2, metrics = jax.jit(functools.partial(steps.supervised_step, method=m))(bad, batch)
+  s2, metrics = sup_step(bad, batch)
   assert float(metrics["sup/nonfinite"]) > 0
 
 
@@ -205,10 +212,8 @@ def test_annotator_step_can_update_segmenter_statistics():
     _with(mu, seg_bn="per_example")
 
 
-def test_iteration_step_is_annotator_then_segmenter_step():
-  m, s, gen_params, batch = _method()
-  a_step = jax.jit(functools.partial(steps.annotator_step, method=m))
-  s_step = jax.jit(functools.partial(steps.segmenter_step, method=m))
+def test_iteration_step_is_annotator_then_segmenter_step(group_norm_steps):
+  m, s, gen_params, batch, a_step, s_step, _ = group_norm_steps
   it = jax.jit(functools.partial(steps.iteration_step, method=m))
   s_sep, m_a = a_step(s, batch, gen_params)
   s_sep, m_s = s_step(s_sep, gen_params)
