@@ -12,6 +12,17 @@ import pytest
 
 from gmseg import compile_cache
 
+# Compilation dominates the suite's time on CPU: XLA's cheaper CPU backend
+# passes cut it 3-6x (a jitted init of a small UNet: 24 s -> 4 s of CPU).
+# Level 1, not 0: at level 0 float64 convolutions, which XLA emits as loops
+# rather than library calls, crawl (test_float64's DCGAN on 8 images: 65 s of
+# CPU a call; 2.7 s at level 1, 1.7 s at the default). tests/test_annotate.py
+# passes these flags to its subprocesses; the notebook kernel inherits them.
+# XLA reads them when JAX starts its backend, at the first computation, after
+# this; an XLA_FLAGS of your own replaces them.
+FAST_COMPILE = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
+os.environ.setdefault("XLA_FLAGS", FAST_COMPILE)
+
 # A rerun of the suite loads compiled programs from disk ($GMSEG_JAX_CACHE,
 # default ~/.cache/gmseg/jax; 'off' disables; CI can keep the folder).
 compile_cache.enable()
@@ -80,14 +91,16 @@ def tiny_annotate(tmp_path_factory):
   config.json and a Checkpointer (best = highest fg_miou) holding
   `snapshots: {step: (TrainState, fg_miou)}`, and returns `workdir`.
   """
-  import jax.numpy as jnp  # lazy, as above
+  import jax  # lazy, as above
+  import jax.numpy as jnp
   from gmseg import build, checkpoint, metric_writers
   from gmseg import state as state_lib
   data_dir = tmp_path_factory.getbasetemp() / "tfds_rendered"
   config = tiny_annotate_config(data_dir)
   gen = build.generator(config)
   method = build.method(config, gen)
-  state = state_lib.init_state(method, gen.params, 0)
+  # Jitted as gmseg.annotate does: one compile instead of one per Flax op.
+  state = jax.jit(lambda p: state_lib.init_state(method, p, 0))(gen.params)
 
   def write_run(workdir, snapshots):
     metric_writers.write_config(workdir, config)

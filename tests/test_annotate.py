@@ -26,12 +26,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import FAST_COMPILE
 from gmseg import checkpoint, metric_writers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "annotate.py"
 STEPS = 20  # configs/tiny.py: log every 5, checkpoints every 5, eval/grids every 10
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 CLASSES = ("background", "hair", "skin", "eyes", "nose", "mouth")
 
 

@@ -10,7 +10,12 @@ Measured (2-core CPU, default XLA flags): init mIoU 0.114 (chance for 4
 balanced classes is about 0.14); means over steps 200-250: annotator 0.316,
 LAGM segmenter 0.291, supervised 0.256 (it peaks near 0.29 at 25 steps, then
 overfits the 4 samples). Thresholds leave room for other XLA builds, whose
-float rounding changes the (chaotic) trajectory.
+float rounding changes the (chaotic) trajectory: a later measurement with
+default flags gave 0.295 / 0.260 / 0.260, and under the suite's cheaper XLA
+passes (tests/conftest.py: optimisation level 1) 0.289 / 0.246 / 0.261, which
+passes with margins of 0.006-0.008 on the segmenter and the annotator-vs-
+supervised checks (deterministic on one XLA build; level 0 gave 0.286 /
+0.260 / 0.258).
 """
 import numpy as np
 
