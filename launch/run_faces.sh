@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Sets up ./.venv (see setup.sh) and runs the main job: few-shot face parts
 # with k=2 labelled FASSEG faces (configs/faces.py: class-weighted target
-# gradient), 600 A/S iterations, 300 generated images, 2 epochs, then
-# "LAGM + labelled" (600 fine-tuning updates on the 2 faces) and the
-# supervised baseline (600 updates); every model scored on the frontal02 test
-# faces and the multipose V3 validation faces. Extra flags go to
-# launch/faces.py, e.g. --manual_dir=../shared/data/fasseg (offline),
-# --workdir=runs/other, --baselines=supervised,rendered (adds the
+# gradient, zoom-out augmentation), 600 A/S iterations, 2000 generated images
+# x 3 epochs (augmented), then "LAGM + labelled" (600 fine-tuning updates on
+# the 2 faces) and the supervised baseline (600 updates); every model scored
+# on the frontal02 test faces and the multipose V3 validation faces. Extra
+# flags go to launch/faces.py, e.g. --manual_dir=../shared/data/fasseg
+# (offline), --workdir=runs/other, --baselines=supervised,rendered (adds the
 # rendered-label baseline: a second phase one).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
