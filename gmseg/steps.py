@@ -282,18 +282,26 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   return state, _pmean(metrics, axis_name)
 
 
-def _generate_ann(method: Method, state: TrainState, gen_params, axis_name):
-  """The annotator step's samples: latents and noise key of (step, _ANN)."""
+def _ann_latents(method: Method, state: TrainState, axis_name):
+  """The annotator step's (latents, generator noise key) of (step, _ANN)."""
   shared, local = _step_keys(state, _ANN, 4, axis_name)
-  z = sample_latents(shared[1], method.syn_batch, method.z_dim, axis_name)
-  return _generate(method, gen_params, z, local[2])
+  return sample_latents(shared[1], method.syn_batch, method.z_dim, axis_name), local[2]
+
+
+def _seg_latents(method: Method, state: TrainState, axis_name):
+  """The segmenter step's (latents, generator noise key) of (step, _SEG)."""
+  shared, local = _step_keys(state, _SEG, 3, axis_name)
+  return sample_latents(shared[0], method.seg_batch, method.z_dim, axis_name), local[0]
+
+
+def _generate_ann(method: Method, state: TrainState, gen_params, axis_name):
+  """The annotator step's samples."""
+  return _generate(method, gen_params, *_ann_latents(method, state, axis_name))
 
 
 def _generate_seg(method: Method, state: TrainState, gen_params, axis_name):
-  """The segmenter step's samples: latents and noise key of (step, _SEG)."""
-  shared, local = _step_keys(state, _SEG, 3, axis_name)
-  z = sample_latents(shared[0], method.seg_batch, method.z_dim, axis_name)
-  return _generate(method, gen_params, z, local[0])
+  """The segmenter step's samples."""
+  return _generate(method, gen_params, *_seg_latents(method, state, axis_name))
 
 
 def generate_for_step(method: Method, state: TrainState, gen_params,
@@ -315,12 +323,9 @@ def generate_for_step(method: Method, state: TrainState, gen_params,
   if method.syn_batch != method.seg_batch:
     return (_generate_ann(method, state, gen_params, axis_name),
             _generate_seg(method, state, gen_params, axis_name))
-  a_shared, a_local = _step_keys(state, _ANN, 4, axis_name)
-  s_shared, s_local = _step_keys(state, _SEG, 3, axis_name)
-  z = jnp.stack([
-      sample_latents(a_shared[1], method.syn_batch, method.z_dim, axis_name),
-      sample_latents(s_shared[0], method.seg_batch, method.z_dim, axis_name)])
-  keys = jnp.stack([a_local[2], s_local[0]])
+  (z_ann, k_ann), (z_seg, k_seg) = (_ann_latents(method, state, axis_name),
+                                     _seg_latents(method, state, axis_name))
+  z, keys = jnp.stack([z_ann, z_seg]), jnp.stack([k_ann, k_seg])
   both = jax.vmap(lambda zz, k: _generate(method, gen_params, zz, k))(z, keys)
   return jax.tree.map(lambda x: x[0], both), jax.tree.map(lambda x: x[1], both)
 
