@@ -147,8 +147,14 @@ class Sampler:
     return {k: v[idx] for k, v in self.arrays.items()}
 
 
-def augment(batch: dict[str, Any], rng: np.random.Generator, *, min_scale: float = 1.0,
-            max_scale: float = 1.3, jitter: float = 0.2) -> dict[str, Any]:
+# Zoom range of `augment` when a config has no `data.augment_zoom` (the
+# default in config_base.py too); (1.0, 1.3) only zooms in.
+DEFAULT_ZOOM = (1.0, 1.3)
+
+
+def augment(batch: dict[str, Any], rng: np.random.Generator, *,
+            min_scale: float = DEFAULT_ZOOM[0], max_scale: float = DEFAULT_ZOOM[1],
+            jitter: float = 0.2) -> dict[str, Any]:
   """Label-consistent augmentation for the supervised baseline (numpy).
 
   Per example: horizontal flip (p=0.5); random zoom by s in [min_scale,
@@ -206,6 +212,6 @@ def augment(batch: dict[str, Any], rng: np.random.Generator, *, min_scale: float
 
 
 def augmenter(config):
-  """`augment` with the config's zoom range (`data.augment_zoom`, default (1.0, 1.3))."""
-  lo, hi = tuple(config.data.get("augment_zoom", (1.0, 1.3)))
+  """`augment` with the config's zoom range (`data.augment_zoom`, else DEFAULT_ZOOM)."""
+  lo, hi = tuple(config.data.get("augment_zoom", DEFAULT_ZOOM))
   return functools.partial(augment, min_scale=float(lo), max_scale=float(hi))
