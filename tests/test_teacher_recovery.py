@@ -14,8 +14,8 @@ and failed (annotator 0.276 against supervised 0.278) on another, with the
 same jaxlib and XLA flags. Measured on the latter (tests/conftest.py's XLA
 flags), means over steps 300/400/500 per seed 0-3: annotator 0.306 / 0.371 /
 0.330 / 0.241 (init 0.114 / 0.148 / 0.137 / 0.117), LAGM segmenter 0.259 /
-0.346 / 0.305 / 0.231, supervised 0.264 / 0.321 / 0.272 / 0.266: the
-annotator wins on 3 of 4 tasks, by +0.031 on average; the supervised
+0.346 / 0.305 / 0.231, supervised 0.264 / 0.322 / 0.272 / 0.270: the
+annotator wins on 3 of 4 tasks, by +0.030 on average; the supervised
 segmenter peaks early and then overfits its 4 samples.
 """
 import numpy as np
@@ -33,13 +33,12 @@ def test_teacher_recovery_beats_supervised():
     print(f"teacher recovery, seed {seed}:", out)
     assert out["steps"] == [0, 300, 400, 500]
     init = out["annotator"][0]
-    ann = float(np.mean(out["annotator"][1:]))
-    # Every task: near chance at first, then about double the agreement.
-    assert init < 0.16, (seed, init)
-    assert ann > 1.8 * init, (seed, init, ann)
     means["init"].append(init)
     for k in ("annotator", "segmenter", "supervised"):
       means[k].append(float(np.mean(out[k][1:])))
+    # Every task: near chance at first, then about double the agreement.
+    assert init < 0.16, (seed, init)
+    assert means["annotator"][-1] > 1.8 * init, (seed, init, means["annotator"][-1])
   ann, seg, sup = (float(np.mean(means[k])) for k in ("annotator", "segmenter", "supervised"))
   print("means over seeds:", {k: np.round(v, 3).tolist() for k, v in means.items()})
   assert ann > 0.28
