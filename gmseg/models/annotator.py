@@ -24,6 +24,8 @@ class Annotator(nn.Module):
       head (DatasetGAN-style pixel features: the head then sees every output
       pixel, e.g. the image's 64x64 rather than the DCGAN's 32x32); None keeps
       the largest feature map's size (paper).
+    bn_running_var: BatchNorm's running variance, 'biased' (Flax's, default)
+      or 'unbiased' (torch's, the paper's); see layers.norm_layer.
   """
   num_classes: int
   tmp_channels: int = 128
@@ -31,6 +33,7 @@ class Annotator(nn.Module):
   norm: str = "group"
   out_size: Optional[tuple[int, int]] = None
   head_size: Optional[tuple[int, int]] = None
+  bn_running_var: str = "biased"
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], train: bool = False):
@@ -50,7 +53,8 @@ class Annotator(nn.Module):
       x = layers.resize_to(x, tuple(self.head_size))
     for j in range(self.num_layers - 1):
       x = layers.conv_norm_relu(x, self.tmp_channels, self.norm, train,
-                                f"head{j}", use_bias=False)
+                                f"head{j}", use_bias=False,
+                                running_var=self.bn_running_var)
     x = nn.Conv(self.num_classes, (3, 3), padding=1, name="classifier")(x)
     if self.out_size is not None:
       x = layers.resize_to(x, self.out_size)

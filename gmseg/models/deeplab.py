@@ -13,8 +13,8 @@ Normalisation of the backbone (`backbone_norm`):
     with the checkpointed state); they are never updated because the layer
     never computes batch statistics. Its scale and bias are ordinary params.
   'batch': ordinary BatchNorm with running statistics in `batch_stats`
-    (updated with Flax's biased batch variance, torch's with the unbiased one;
-    see layers.norm_layer).
+    (updated with Flax's biased batch variance, or torch's unbiased one with
+    `bn_running_var='unbiased'`, as head norms 'batch'; see layers.norm_layer).
   'group': GroupNorm (no pretrained weights apply).
 """
 import math
@@ -45,10 +45,10 @@ TORCHVISION_URLS = (
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _norm(kind: str, train: bool, name: str):
+def _norm(kind: str, train: bool, name: str, running_var: str):
   if kind == "frozen_batch":
     return nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=name)
-  return layers.norm_layer(kind, train, name)
+  return layers.norm_layer(kind, train, name, running_var)
 
 
 class _Bottleneck(nn.Module):
@@ -57,26 +57,28 @@ class _Bottleneck(nn.Module):
   stride: int
   dilation: int
   norm: str
+  bn_running_var: str = "biased"
 
   @nn.compact
   def __call__(self, x, train):
+    norm = lambda name: _norm(self.norm, train, name, self.bn_running_var)
     out_ch = self.planes * 4
     residual = x
     if self.stride != 1 or x.shape[-1] != out_ch:
       residual = nn.Conv(out_ch, (1, 1), strides=self.stride, use_bias=False,
                          kernel_init=_conv_init, name="downsample_conv")(x)
-      residual = _norm(self.norm, train, "downsample_norm")(residual)
+      residual = norm("downsample_norm")(residual)
     y = nn.Conv(self.planes, (1, 1), use_bias=False, kernel_init=_conv_init,
                 name="conv1")(x)
-    y = jax.nn.relu(_norm(self.norm, train, "norm1")(y))
+    y = jax.nn.relu(norm("norm1")(y))
     d = self.dilation
     y = nn.Conv(self.planes, (3, 3), strides=self.stride, padding=d,
                 kernel_dilation=d, use_bias=False, kernel_init=_conv_init,
                 name="conv2")(y)
-    y = jax.nn.relu(_norm(self.norm, train, "norm2")(y))
+    y = jax.nn.relu(norm("norm2")(y))
     y = nn.Conv(out_ch, (1, 1), use_bias=False, kernel_init=_conv_init,
                 name="conv3")(y)
-    y = _norm(self.norm, train, "norm3")(y)
+    y = norm("norm3")(y)
     return jax.nn.relu(y + residual)
 
 
@@ -88,13 +90,14 @@ class _Stage(nn.Module):
   first_dilation: int
   dilation: int
   norm: str
+  bn_running_var: str = "biased"
 
   @nn.compact
   def __call__(self, x, train):
     for j in range(self.num_blocks):
       x = _Bottleneck(self.planes, self.stride if j == 0 else 1,
                       self.first_dilation if j == 0 else self.dilation,
-                      self.norm, name=f"block{j}")(x, train)
+                      self.norm, self.bn_running_var, name=f"block{j}")(x, train)
     return x
 
 
@@ -108,11 +111,13 @@ class ResNet(nn.Module):
     norm: one of BACKBONE_NORMS.
     dilate: for layer2..4, replace the stride by dilation (output stride 8
       with (False, True, True)).
+    bn_running_var: running variance of norm 'batch' (layers.norm_layer).
   """
   stage_sizes: Sequence[int]
   width: int = 64
   norm: str = "frozen_batch"
   dilate: Sequence[bool] = (False, True, True)
+  bn_running_var: str = "biased"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -126,7 +131,7 @@ class ResNet(nn.Module):
                        f"{self.stage_sizes} and {self.dilate}.")
     x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False,
                 kernel_init=_conv_init, name="stem_conv")(x)
-    x = jax.nn.relu(_norm(self.norm, train, "stem_norm")(x))
+    x = jax.nn.relu(_norm(self.norm, train, "stem_norm", self.bn_running_var)(x))
     # Flax pads max_pool with -inf, as torch does.
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     dilation = 1
@@ -137,7 +142,7 @@ class ResNet(nn.Module):
         # dilation, the others use the new one.
         dilation, stride = dilation * stride, 1
       x = _Stage(self.width * 2**i, num_blocks, stride, previous, dilation,
-                 self.norm, name=f"layer{i + 1}")(x, train)
+                 self.norm, self.bn_running_var, name=f"layer{i + 1}")(x, train)
     return x
 
 
@@ -147,24 +152,26 @@ class _ASPP(nn.Module):
   rates: Sequence[int]
   norm: str
   dropout: float
+  bn_running_var: str = "biased"
 
   @nn.compact
   def __call__(self, x, train):
-    c, norm = self.channels, self.norm
-    branches = [jax.nn.relu(_norm(norm, train, "b0_norm")(
+    c = self.channels
+    norm = lambda name: _norm(self.norm, train, name, self.bn_running_var)
+    branches = [jax.nn.relu(norm("b0_norm")(
         nn.Conv(c, (1, 1), use_bias=False, name="b0_conv")(x)))]
     for k, r in enumerate(self.rates, start=1):
       y = nn.Conv(c, (3, 3), padding=r, kernel_dilation=r, use_bias=False,
                   name=f"b{k}_conv")(x)
-      branches.append(jax.nn.relu(_norm(norm, train, f"b{k}_norm")(y)))
+      branches.append(jax.nn.relu(norm(f"b{k}_norm")(y)))
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
     pooled = nn.Conv(c, (1, 1), use_bias=False, name="pool_conv")(pooled)
-    pooled = jax.nn.relu(_norm(norm, train, "pool_norm")(pooled))
+    pooled = jax.nn.relu(norm("pool_norm")(pooled))
     # Bilinear upsampling of a 1x1 map is a broadcast.
     branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], c)))
     y = nn.Conv(c, (1, 1), use_bias=False, name="project_conv")(
         jnp.concatenate(branches, axis=-1))
-    y = jax.nn.relu(_norm(norm, train, "project_norm")(y))
+    y = jax.nn.relu(norm("project_norm")(y))
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
@@ -175,13 +182,14 @@ class _DeepLabHead(nn.Module):
   rates: Sequence[int]
   norm: str
   dropout: float
+  bn_running_var: str = "biased"
 
   @nn.compact
   def __call__(self, x, train):
-    x = _ASPP(self.channels, self.rates, self.norm, self.dropout,
+    x = _ASPP(self.channels, self.rates, self.norm, self.dropout, self.bn_running_var,
               name="aspp")(x, train)
     x = layers.conv_norm_relu(x, self.channels, self.norm, train, "head",
-                              use_bias=False)
+                              use_bias=False, running_var=self.bn_running_var)
     return nn.Conv(self.num_classes, (1, 1), name="final")(x)
 
 
@@ -199,6 +207,8 @@ class DeepLabV3(nn.Module):
     stage_sizes: overrides `depth`'s blocks per stage; tests shrink it.
     aspp_rates: atrous rates of the three 3x3 ASPP branches.
     aspp_channels: width of the ASPP branches and the head.
+    bn_running_var: running variance of the 'batch' norms, head and backbone:
+      'biased' (Flax's, default) or 'unbiased' (torch's, the paper's).
   """
   num_classes: int
   depth: int = 101
@@ -209,6 +219,7 @@ class DeepLabV3(nn.Module):
   stage_sizes: Optional[Sequence[int]] = None
   aspp_rates: Sequence[int] = (12, 24, 36)
   aspp_channels: int = 256
+  bn_running_var: str = "biased"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -232,10 +243,10 @@ class DeepLabV3(nn.Module):
     mean, std = jnp.asarray(IMAGENET_MEAN, x.dtype), jnp.asarray(IMAGENET_STD, x.dtype)
     h = ((x + 1.0) / 2.0 - mean) / std
     h = ResNet(tuple(stages), self.width, self.backbone_norm,
-               name="backbone")(h, train)
+               bn_running_var=self.bn_running_var, name="backbone")(h, train)
     logits = _DeepLabHead(self.num_classes, self.aspp_channels,
                           tuple(self.aspp_rates), self.norm, self.dropout,
-                          name="classifier")(h, train)
+                          self.bn_running_var, name="classifier")(h, train)
     return layers.resize_to(logits, x.shape[1:3])
 
 
@@ -286,7 +297,8 @@ def load_torchvision_resnet(path: str, params: Params,
       torchvision's `running_var` is copied as stored: it was accumulated
       with torch's unbiased batch variance, and normalising with it is the
       same operation in both frameworks, so 'frozen_batch' is exact. With
-      'batch', later updates follow Flax's biased convention (layers.norm_layer).
+      'batch', later updates follow the module's `bn_running_var` (Flax's
+      biased convention by default, torch's with 'unbiased'; layers.norm_layer).
   Returns:
     `{'params': ..., 'batch_stats': ...}`, the inputs with the backbone
     replaced; everything else (the classifier) is kept.

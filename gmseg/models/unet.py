@@ -11,11 +11,14 @@ from gmseg.models import layers
 class _DoubleConv(nn.Module):
   features: int
   norm: str
+  bn_running_var: str = "biased"
 
   @nn.compact
   def __call__(self, x, train):
-    x = layers.conv_norm_relu(x, self.features, self.norm, train, "c0")
-    return layers.conv_norm_relu(x, self.features, self.norm, train, "c1")
+    for name in ("c0", "c1"):
+      x = layers.conv_norm_relu(x, self.features, self.norm, train, name,
+                                running_var=self.bn_running_var)
+    return x
 
 
 class UNet(nn.Module):
@@ -39,11 +42,14 @@ class UNet(nn.Module):
     upsample: 'align_corners' (paper, default) or 'half_pixel' (torch's
       align_corners=False, resized straight to the skip's size; gmseg before
       issue 9).
+    bn_running_var: BatchNorm's running variance, 'biased' (Flax's, default)
+      or 'unbiased' (torch's, the paper's); see layers.norm_layer.
   """
   num_classes: int
   widths: Sequence[int] = (64, 128, 256, 512, 512)
   norm: str = "group"
   upsample: str = "align_corners"
+  bn_running_var: str = "biased"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -56,17 +62,17 @@ class UNet(nn.Module):
       raise ValueError(f"UNet needs 5 widths, got {self.widths}.")
     if self.upsample not in layers.UPSAMPLING:
       raise ValueError(f"UNet upsample={self.upsample!r}; use one of {layers.UPSAMPLING}.")
-    w = self.widths
-    skips = [_DoubleConv(w[0], self.norm, name="inc")(x, train)]
+    w, rv = self.widths, self.bn_running_var
+    skips = [_DoubleConv(w[0], self.norm, rv, name="inc")(x, train)]
     for i in range(1, 5):
       h = nn.max_pool(skips[-1], (2, 2), (2, 2))
-      skips.append(_DoubleConv(w[i], self.norm, name=f"down{i}")(h, train))
+      skips.append(_DoubleConv(w[i], self.norm, rv, name=f"down{i}")(h, train))
     h = skips.pop()
     up_widths = (w[2], w[1], w[0], w[0])
     for i, width in enumerate(up_widths, start=1):
       skip = skips.pop()
       h = _upsample(h, skip.shape[1:3], self.upsample)
-      h = _DoubleConv(width, self.norm, name=f"up{i}")(
+      h = _DoubleConv(width, self.norm, rv, name=f"up{i}")(
           jnp.concatenate([skip, h], axis=-1), train)
     return nn.Conv(self.num_classes, (1, 1), name="outc")(h)
 
