@@ -27,16 +27,19 @@ def num_classes(config) -> int:
 
 def segmenter(seg_cfg, n_classes: int) -> nn.Module:
   """UNet or DeepLabV3 from a `config.segmenter`-shaped ConfigDict."""
+  # Configs saved before the key existed kept Flax's biased running variance.
+  running_var = seg_cfg.get("bn_running_var", "biased")
   if seg_cfg.arch == "unet":
     from gmseg.models import unet
     # Configs saved before the key existed ran half-pixel upsampling.
     return unet.UNet(n_classes, widths=tuple(seg_cfg.widths), norm=seg_cfg.norm,
-                     upsample=seg_cfg.get("upsample", "half_pixel"))
+                     upsample=seg_cfg.get("upsample", "half_pixel"),
+                     bn_running_var=running_var)
   if seg_cfg.arch == "deeplab":
     from gmseg.models import deeplab
     return deeplab.DeepLabV3(n_classes, depth=seg_cfg.depth, norm=seg_cfg.norm,
                              backbone_norm=seg_cfg.backbone_norm,
-                             dropout=seg_cfg.dropout)
+                             dropout=seg_cfg.dropout, bn_running_var=running_var)
   raise ValueError(f"Unknown segmenter arch {seg_cfg.arch!r}; use 'unet' or 'deeplab'.")
 
 
@@ -78,7 +81,8 @@ def annotator(config, image_hw: Optional[tuple[int, int]] = None) -> nn.Module:
                      "call build.annotator(config, image_hw=(gen.resolution, gen.resolution)).")
   return annotator_lib.Annotator(num_classes(config), tmp_channels=a.tmp_channels,
                                  num_layers=a.num_layers, norm=a.norm,
-                                 head_size=tuple(image_hw) if head == "image" else None)
+                                 head_size=tuple(image_hw) if head == "image" else None,
+                                 bn_running_var=a.get("bn_running_var", "biased"))
 
 
 def annotator_gen_fn(config, gen: generators.Generator) -> generators.GeneratorFn:
