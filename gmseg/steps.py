@@ -419,11 +419,16 @@ def supervised_step(state: TrainState, batch: dict, *, method: Method,
     (new state with `step` incremented, metrics dict).
   """
   _, local = _step_keys(state, _SUP, 1, axis_name)
+  # Devices may hold different numbers of ignored pixels: each divides its
+  # pixel sum by the device-mean labelled count, so the pmeaned loss and
+  # gradient are the global batch's (one device: the plain mean, as before).
+  count = None if axis_name is None else _pmean(
+      losses.labelled_count(batch["label"]), axis_name)
 
   def loss_fn(params):
     out, stats = apply_model(method.segmenter, params, state.seg_stats,
                              batch["image"], train=True, rng=local[0])
-    return losses.hard_cross_entropy(out, batch["label"]), stats
+    return losses.hard_cross_entropy(out, batch["label"], count=count), stats
 
   return _update_segmenter(state, loss_fn, method, axis_name, "sup")
 
