@@ -51,6 +51,7 @@ from gmseg import evaluate
 from gmseg import host_memory
 from gmseg import metric_writers
 from gmseg import parallel
+from gmseg import profiling
 from gmseg import progress as progress_lib
 from gmseg import state as state_lib
 from gmseg import steps
@@ -182,7 +183,8 @@ def _better(value: float, best: Optional[dict]) -> bool:
   return best is None or value > best[BEST_KEY]
 
 
-def train_and_evaluate(config, workdir) -> dict[str, Any]:
+def train_and_evaluate(config, workdir,
+                       profile_steps: Optional[profiling.Window] = None) -> dict[str, Any]:
   """Trains annotator and segmenter; evaluates, checkpoints, resumes.
 
   The run holds `workdir` exclusively (gmseg.workdir: another run on it stops
@@ -194,13 +196,16 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   Args:
     config: a ConfigDict with the keys of gmseg.config_base.
     workdir: run directory (created; an existing checkpoint is resumed).
+    profile_steps: `(a, b)`: a jax.profiler trace of iterations a..b-1 in
+      `workdir/profile/` (gmseg.profiling; process 0 only).
   Returns:
     {'step': final step, 'final': validation scores at the end,
      'best': the best validation scores (with their 'step'), 'table': text}.
     Scores hold pacc, miou, fg_miou (floats) and iou (per-class list).
   """
+  profiling.check_window(profile_steps, config.train.steps)
   with workdir_lib.hold(workdir):
-    return _train_and_evaluate(config, pathlib.Path(workdir))
+    return _train_and_evaluate(config, pathlib.Path(workdir), profile_steps)
 
 
 def check_resume(config, ckpt: checkpoint.Checkpointer, workdir) -> None:
@@ -224,7 +229,8 @@ def check_resume(config, ckpt: checkpoint.Checkpointer, workdir) -> None:
                            harmless=workdir_lib.ANNOTATE_HARMLESS, warn=False)
 
 
-def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir: pathlib.Path,
+                        profile_steps: Optional[profiling.Window]) -> dict[str, Any]:
   tc = config.train
   is_main = jax.process_index() == 0
   num_classes = build.num_classes(config)
@@ -271,6 +277,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
   # One history: rows (and TensorBoard events) after the restored step are dropped.
   writer = metric_writers.MetricWriter(workdir, enabled=is_main, resume_step=start)
   progress = progress_lib.Progress(tc.steps, start_step=start, log=is_main)
+  profiler = profiling.StepProfiler(profile_steps, workdir / "profile", enabled=is_main)
 
   p_ann, p_seg, _ = parallel.pmap_steps(method)
   p_iter = parallel.pmap_iteration(method)  # compiled only when both steps are due
@@ -309,6 +316,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
     if step < tc.steps:
       grids(step)
     while step < tc.steps:
+      profiler.at(step)
       metrics = {}
       ann_due, seg_due = step % tc.ann_every == 0, step % tc.seg_every == 0
       n = dispatch_length(step, tc)
@@ -335,6 +343,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
         step += 1
         pending.append((step, metrics))
         progress.update(step)
+      profiler.at(step, (r_state, metrics))
 
       is_last = step == tc.steps
       eval_due = step % tc.eval_every == 0 or is_last
@@ -367,6 +376,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
                     metrics=ckpt_metrics)
         if step % tc.grid_every == 0:
           grids(step)
+    profiler.close(r_state)  # a window reaching past train.steps ends here
     flush()
     if final is None:  # nothing ran: the run had already finished
       single = parallel.unreplicate(r_state)
@@ -375,6 +385,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict[str, Any]:
       if best is None:
         best = final
   finally:
+    profiler.close()  # after an error: stop without waiting for the device
     writer.close()
     ckpt.wait()
     ckpt.close()

@@ -7,7 +7,10 @@ r"""Phase one: trains the annotator (and a segmenter) by gradient matching.
 Rerunning the same command resumes from the workdir's latest checkpoint.
 Several processes (one per host): add --multihost; on a managed cluster
 (SLURM, Open MPI, TPU pods) the rest is detected, elsewhere also pass
---coordinator_address=host:port --num_processes=N --process_id=i.
+--coordinator_address=host:port --num_processes=N --process_id=i
+(launch/multihost.sh starts such a job on a TPU slice or on local GPUs).
+--profile_steps=10:15 writes a jax.profiler trace of iterations 10..14 to
+<workdir>/profile/ (TensorBoard's profile tab).
 """
 from absl import app, flags, logging
 import jax
@@ -16,6 +19,7 @@ from ml_collections import config_flags
 from gmseg import annotate
 from gmseg import cli
 from gmseg import parallel
+from gmseg import profiling
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                          lock_config=True)
@@ -25,18 +29,22 @@ COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                   "host:port of process 0 (with --multihost, off-cluster).")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Process count (with --multihost).")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --multihost).")
+PROFILE_STEPS = flags.DEFINE_string(
+    "profile_steps", "", "START:STOP: trace iterations START..STOP-1 with jax.profiler "
+    "into <workdir>/profile/ (TensorBoard's profile tab); empty: no trace.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+  profile_steps = profiling.parse_window(PROFILE_STEPS.value)
   parallel.init_distributed(MULTIHOST.value, COORDINATOR.value, NUM_PROCESSES.value,
                             PROCESS_ID.value)
   logging.info("Process %d of %d, %d local of %d devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  result = annotate.train_and_evaluate(CONFIG.value, WORKDIR.value)
+  result = annotate.train_and_evaluate(CONFIG.value, WORKDIR.value, profile_steps=profile_steps)
   if jax.process_index() == 0:
     print(result["table"], flush=True)
 
