@@ -3,7 +3,7 @@ r"""Converts an official stylegan2-ada-pytorch snapshot to a gmseg directory.
   .venv/bin/python launch/convert_stylegan2.py --pkl network-snapshot.pkl --out ckpt/ffhq256
 
 No torch needed. The directory (params.npz + config.json) then loads by name:
-`gmseg.models.generators.get('stylegan2', path='ckpt/ffhq256')`.
+`gmseg.generator_registry.get('stylegan2', path='ckpt/ffhq256')`.
 TensorFlow-era StyleGAN2 pickles must first go through the official
 repository's `legacy.py --source OLD.pkl --dest NEW.pkl`.
 """

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, shared_path
 from gmseg.convert import stylegan2_pkl
-from gmseg.models import generators
+from gmseg import generator_registry
 from gmseg.models import stylegan2 as sg
 
 ATOL = 1e-4
@@ -396,7 +396,7 @@ def test_cli_round_trip(tiny32_pkl, tmp_path, capsys):
     # 75 state_dict entries less the 11 resample_filter buffers (4 blocks, 7 convs).
     assert len(npz.files) == 64
   # The registry loads the directory by path; const noise gives the fixture.
-  gen = generators.get("stylegan2", path=str(out), truncation_psi=0.7,
+  gen = generator_registry.get("stylegan2", path=str(out), truncation_psi=0.7,
                        noise_mode="const")
   assert gen.resolution == 32 and len(gen.feature_shapes) == 4
   params, arch = sg.load_converted(str(out))
@@ -405,7 +405,7 @@ def test_cli_round_trip(tiny32_pkl, tmp_path, capsys):
   np.testing.assert_allclose(np.asarray(img), data["output/img"].transpose(0, 2, 3, 1),
                              atol=ATOL, rtol=0)
   # The factory also takes the .pkl itself, with the same params.
-  direct = generators.get("stylegan2", path=str(path), noise_mode="const")
+  direct = generator_registry.get("stylegan2", path=str(path), noise_mode="const")
   for a, b in zip(jax.tree.leaves(direct.params), jax.tree.leaves(gen.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # The model's own loader reads converted folders only and names the way in.

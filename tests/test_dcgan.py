@@ -9,14 +9,15 @@ import pytest
 from conftest import shared_path
 
 from gmseg.convert import torch_zip
-from gmseg.models import dcgan, generators
+from gmseg import generator_registry
+from gmseg.models import dcgan
 
 FEATURES = ("relu2", "relu5", "relu8", "relu11")
 
 
 @pytest.fixture(scope="module")
 def gen():
-  return generators.get("dcgan_faces")
+  return generator_registry.get("dcgan_faces")
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import shared_path
 
-from gmseg import matching, steps
+from gmseg import generator_registry, matching, steps
 from gmseg import state as state_lib
-from gmseg.models import annotator, dcgan, deeplab, generators, unet
+from gmseg.models import annotator, dcgan, deeplab, unet
 from gmseg.models import stylegan2 as sg
 
 
@@ -87,7 +87,7 @@ def test_stylegan2_float64_gradient_matches_finite_differences():
 
 
 def test_dcgan_float64_matches_torch_reference():
-  gen = generators.get("dcgan_faces")
+  gen = generator_registry.get("dcgan_faces")
   with np.load(shared_path("fixtures", "dcgan_faces", "reference.npz")) as ref:
     z, want = ref["input/z"].reshape(8, 100), ref["output/img"]
   with jax.enable_x64(True):

@@ -1,4 +1,5 @@
-"""The package's import graph: the method never imports an experiment, no cycles.
+"""The package's import graph: the method never imports an experiment, the
+models never import the converters, no cycles.
 
 The graph is read from the source with `ast` (nothing is imported), counting
 every import statement, also those inside functions: a lazy import is still
@@ -11,6 +12,8 @@ import pathlib
 from conftest import REPO
 
 EXPERIMENTS = "gmseg.experiments"
+MODELS = "gmseg.models"
+CONVERT = "gmseg.convert"
 
 
 def module_files(root: pathlib.Path, package: str) -> dict[str, pathlib.Path]:
@@ -118,12 +121,26 @@ def _closed_path(graph, comp: list[str]) -> list[str]:
   return comp
 
 
+def _inside(package: str):
+  return lambda m: m == package or m.startswith(package + ".")
+
+
 def method_imports_of_experiments(graph: dict[str, set[str]],
                                   experiments: str = EXPERIMENTS) -> list[str]:
   """'a imports b' for every module a outside `experiments` importing one inside."""
-  is_exp = lambda m: m == experiments or m.startswith(experiments + ".")
+  is_exp = _inside(experiments)
   return sorted(f"{m} imports {d}" for m, deps in graph.items() if not is_exp(m)
                 for d in deps if is_exp(d))
+
+
+def imports_between(graph: dict[str, set[str]], lower: str, upper: str) -> list[str]:
+  """'a imports b' for every module a of package `lower` importing a module b
+  of `upper` that itself imports `lower` (b sits above `lower`; b's that do
+  not, plain readers like torch_zip, sit below it and are allowed)."""
+  is_lower, is_upper = _inside(lower), _inside(upper)
+  above = {d for d, deps in graph.items() if is_upper(d) and any(map(is_lower, deps))}
+  return sorted(f"{m} imports {d}" for m, deps in graph.items() if is_lower(m)
+                for d in deps if d in above)
 
 
 def _graph():
@@ -135,6 +152,17 @@ def test_method_does_not_import_experiments():
   assert not bad, ("The method (gmseg/ outside gmseg/experiments/) must not import "
                    "experiment drivers; move the shared code into the method: "
                    + "; ".join(bad))
+
+
+def test_models_do_not_import_converters():
+  """Converters map foreign checkpoints to model params (they import the
+  models), so the models must not import them; a name -> factory registry
+  that needs both sits above (gmseg.generator_registry). Plain file readers
+  of gmseg/convert/ (torch_zip, torch_legacy) import no model: models may
+  use them."""
+  bad = imports_between(_graph(), MODELS, CONVERT)
+  assert not bad, ("gmseg/models/ must not import gmseg/convert/ (register loaders in "
+                   "gmseg.generator_registry instead): " + "; ".join(bad))
 
 
 def test_no_import_cycles():
@@ -149,6 +177,9 @@ def test_graph_sees_the_known_edges():
   assert "gmseg.build" in g["gmseg.annotate"]
   assert "gmseg.experiments.faces" in g["gmseg.experiments.benchmark"]
   assert "gmseg.models.generators" in g["gmseg.models.stylegan2"]
+  # The registry's lazy imports of the converters are seen.
+  assert {"gmseg.convert.stylegan1_pt", "gmseg.convert.stylegan2_pkl",
+          "gmseg.models.dcgan"} <= g["gmseg.generator_registry"]
   # benchmark imports annotate only inside a function.
   assert "gmseg.annotate" in g["gmseg.experiments.benchmark"]
   assert len(g) > 40
@@ -168,3 +199,22 @@ def test_checker_catches_a_cycle_and_an_upward_import(tmp_path):
   assert cycles(g) == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]]
   assert method_imports_of_experiments(g, "pkg.experiments") == [
       "pkg.c imports pkg.experiments.run"]
+
+
+def test_checker_catches_a_model_importing_a_converter(tmp_path):
+  """A model may import a plain reader of convert/, not a converter (one
+  that imports a model)."""
+  pkg = tmp_path / "pkg"
+  for sub in ("models", "convert"):
+    (pkg / sub).mkdir(parents=True)
+    (pkg / sub / "__init__.py").write_text("")
+  (pkg / "__init__.py").write_text("")
+  (pkg / "convert" / "reader.py").write_text("import zipfile\n")
+  (pkg / "convert" / "conv.py").write_text("from pkg.convert import reader\n"
+                                           "from pkg.models import base\n")
+  (pkg / "models" / "base.py").write_text("")
+  (pkg / "models" / "net.py").write_text("from pkg.convert import reader\n"
+                                         "def load():\n  from pkg.convert import conv\n")
+  g = import_graph(pkg, "pkg")
+  assert imports_between(g, "pkg.models", "pkg.convert") == [
+      "pkg.models.net imports pkg.convert.conv"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from gmseg.models import generators
+from gmseg import generator_registry
 from gmseg.models import stylegan2 as sg
 
 ATOL = 1e-4
@@ -136,7 +136,7 @@ def test_random_noise_distinct_per_layer_and_deterministic():
 
 def test_registry_rejects_missing_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="convert_stylegan2"):
-    generators.get("stylegan2", path=str(tmp_path))
+    generator_registry.get("stylegan2", path=str(tmp_path))
 
 
 def test_paper256_feature_shapes():

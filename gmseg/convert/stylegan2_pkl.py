@@ -435,5 +435,3 @@ def describe_arch(arch: stylegan2.Arch) -> str:
 
 __all__ = ["StyleGAN2PklError", "read_pkl", "convert_pkl", "load", "load_snapshot",
            "state_dict", "infer_arch", "describe_arch"]
-
-generators.register("stylegan2", load)

@@ -185,5 +185,3 @@ def load_pretrained(weights_path: str | os.PathLike | None = None) -> generators
 
   return generators.describe(apply_fn, params, module.z_dim, "dcgan_faces")
 
-
-generators.register("dcgan_faces", load_pretrained)

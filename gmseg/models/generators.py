@@ -11,7 +11,9 @@ A generator is a frozen, pretrained network. gmseg only needs a pure function
 
 plus its (frozen) params and metadata that configs and the annotator read.
 Params are passed as a traced argument (never closed over), so jitted steps
-do not embed large constants and compile once.
+do not embed large constants and compile once. Names -> factories live a layer
+up, in `gmseg.generator_registry` (factories may read checkpoints through the
+converters, which the models never import).
 """
 import dataclasses
 from typing import Any, Callable
@@ -101,42 +103,3 @@ def random_conv(resolution: int = 32, width: int = 64, z_dim: int = 32,
     return module.apply({"params": params}, z)
 
   return describe(apply_fn, params, z_dim, f"random_conv{resolution}")
-
-
-# name -> factory(**kwargs) -> Generator. Real generators register here
-# (dcgan_faces, stylegan2 checkpoints) in their own modules; `factory` imports
-# them lazily so importing this module stays cheap. 'stylegan2' registers from
-# the converter, whose factory reads a raw .pkl or a converted directory.
-_REGISTRY: dict[str, Callable[..., Generator]] = {"random_conv": random_conv}
-_LAZY = {
-    "dcgan_faces": "gmseg.models.dcgan",
-    "stylegan2": "gmseg.convert.stylegan2_pkl",
-}
-
-
-def register(name: str, factory: Callable[..., Generator]) -> None:
-  _REGISTRY[name] = factory
-
-
-def names() -> list[str]:
-  """Every generator name `get` knows."""
-  return sorted(set(_REGISTRY) | set(_LAZY))
-
-
-def factory(name: str) -> Callable[..., Generator]:
-  """The factory registered as `name` (its module imported on first use).
-
-  `inspect.signature(factory(name))` lists its keyword arguments without
-  building the generator (launch/sample.py maps --path / --truncation so).
-  """
-  if name not in _REGISTRY and name in _LAZY:
-    import importlib
-    importlib.import_module(_LAZY[name])  # registers itself
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown generator {name!r}; known: {names()}.")
-  return _REGISTRY[name]
-
-
-def get(name: str, **kwargs) -> Generator:
-  """Builds a registered generator by name, e.g. `get('random_conv')`."""
-  return factory(name)(**kwargs)

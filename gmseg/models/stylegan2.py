@@ -604,8 +604,8 @@ def load(path: str, truncation_psi: float = 0.7,
     # models know nothing of converters (tests/test_layout.py).
     raise ValueError(
         f"{path} is a file; models.stylegan2.load reads a folder written by "
-        "save_converted. For an official .pkl use generators.get('stylegan2', "
-        "path=...) or gmseg.convert.stylegan2_pkl.load, or convert it once with "
+        "save_converted. For an official .pkl use generator_registry.get("
+        "'stylegan2', path=...) or gmseg.convert.stylegan2_pkl.load, or convert it once with "
         "`python launch/convert_stylegan2.py --pkl SNAPSHOT.pkl --out DIR`.")
   params, arch = load_converted(path)
   return make_generator(params, arch, truncation_psi, truncation_cutoff,
