@@ -1,7 +1,9 @@
 r"""CelebAMask-HQ, 8 face-part classes, N real labelled images (paper Table 1).
 
 StyleGAN2 face generator (psi 0.7, cutoff 8), DeepLabv3-ResNet101 segmenter,
-gradients matched on the DeepLab head, 256x256, 150k iterations.
+gradients matched on the DeepLab head, 256x256, 150k iterations; the paper's
+code's settings throughout (`config_base.paper_settings`: BatchNorm with
+torch's running variance, SGD 1e-3, ...).
 
 Annotator learning (phase one; S is evaluated on the 500 validation images
 every 4,000 steps and the best FG-mIoU snapshot is reported on test):
@@ -50,9 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.class_names = celebamask.CLASS_NAMES
 
   c.generator.name = "stylegan2"
-  c.generator.kwargs = ml_collections.ConfigDict({
-      "path": arg.gen_path or GEN_PATH_UNSET, "truncation_psi": 0.7, "truncation_cutoff": 8,
-      "noise_mode": "random"})
+  c.generator.kwargs = ml_collections.ConfigDict({"path": arg.gen_path or GEN_PATH_UNSET})
 
   c.data.dataset = "celebamask8"
   c.data.labelled_split = "train"     # ids 28000-29499; the first N are used
@@ -72,4 +72,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.matching.params = "deeplab:head"
 
   c.train.steps = arg.steps
-  return c.lock()
+  # The paper's code: BatchNorm (torch's running variance), SGD, truncation
+  # psi 0.7 with cutoff 8, ... (config_base.PAPER_SETTINGS).
+  return config_base.paper_settings(c, cutoff=8).lock()

@@ -9,7 +9,8 @@ content is cropped from the square canvas ('wide_crop') and stretched to
 256x256 like the renders, so both sets share one shape (the paper gives
 256x192 for CGPart);
 DeepLabv3-ResNet101 matched on its head (or seg=unet, all parameters);
-150k iterations.
+150k iterations; the paper's code's settings throughout
+(`config_base.paper_settings`).
 
 Annotator learning:
 
@@ -59,9 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.class_names = cgpart.CLASS_NAMES
 
   c.generator.name = "stylegan2"
-  c.generator.kwargs = ml_collections.ConfigDict({
-      "path": arg.gen_path or GEN_PATH_UNSET, "truncation_psi": 0.7, "truncation_cutoff": 8,
-      "noise_mode": "random"})
+  c.generator.kwargs = ml_collections.ConfigDict({"path": arg.gen_path or GEN_PATH_UNSET})
 
   c.data.dataset = "cgpart_car"
   c.data.labelled_split = "train"     # the renders
@@ -83,4 +82,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.matching.params = SEGMENTERS[arg.seg]
 
   c.train.steps = arg.steps
-  return c.lock()
+  # The paper's code: BatchNorm (torch's running variance), SGD, truncation
+  # psi 0.7 with cutoff 8, ... (config_base.PAPER_SETTINGS).
+  return config_base.paper_settings(c, cutoff=8).lock()

@@ -105,4 +105,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.matching.params = SEGMENTERS[arg.seg]
 
   c.train.steps = arg.steps
-  return c.lock()
+  # The paper's code: BatchNorm (torch's running variance), SGD, truncation
+  # psi 0.7 with the object's cutoff, ... (config_base.PAPER_SETTINGS).
+  return config_base.paper_settings(c, cutoff=cutoff).lock()

@@ -2,7 +2,9 @@ r"""Pascal-Part horse or aeroplane, 6 part classes, N real labelled crops (paper
 
 StyleGAN2 generator of the object (psi 0.7, cutoff 7), DeepLabv3-ResNet101
 segmenter, gradients matched on the DeepLab head, 256x256 instance crops,
-150k iterations. Validation is the training crops after the first 180.
+150k iterations; the paper's code's settings throughout
+(`config_base.paper_settings`). Validation is the training crops after the
+first 180.
 
 Annotator learning (phase one; best validation FG-mIoU snapshot reported):
 
@@ -49,9 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Not a checkpoint: building the generator from it fails with this text in
   # the error, which says what to pass.
   unset = f"<unset: pass gen_path=<StyleGAN2 {arg.obj} 256 .pkl or converted dir>>"
-  c.generator.kwargs = ml_collections.ConfigDict({
-      "path": arg.gen_path or unset, "truncation_psi": 0.7, "truncation_cutoff": 7,
-      "noise_mode": "random"})
+  c.generator.kwargs = ml_collections.ConfigDict({"path": arg.gen_path or unset})
 
   c.data.dataset = f"pascal_{arg.obj}"
   c.data.labelled_split = "train"     # the first 180 sorted crops; the first N are used
@@ -71,4 +71,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.matching.params = "deeplab:head"
 
   c.train.steps = arg.steps
-  return c.lock()
+  # The paper's code: BatchNorm (torch's running variance), SGD, truncation
+  # psi 0.7 with cutoff 7, ... (config_base.PAPER_SETTINGS).
+  return config_base.paper_settings(c, cutoff=7).lock()

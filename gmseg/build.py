@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from gmseg import config_base
 from gmseg import state as state_lib
 from gmseg.models import annotator as annotator_lib
 from gmseg.models import generators
@@ -141,7 +142,10 @@ def method(config, gen: generators.Generator, devices: int = 1) -> state_lib.Met
 
   Args:
     devices: local devices the global batches are split over.
+  Raises:
+    config_base.ConfigError: a value that could only fail in training.
   """
+  config_base.check(config)
   b = config.batch
   for name in ("labelled", "synthetic", "segmenter"):
     if b[name] % devices:

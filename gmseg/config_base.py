@@ -2,11 +2,18 @@
 
 Experiment files in configs/ call `get_base()` and override keys; config
 arguments (`configs/x.py:num=10,seed=1`) are parsed strictly by `parse_arg`.
-Durations are in steps.
+Durations are in steps. gmseg's defaults were chosen on validation data and
+differ from the paper's code in places; `paper_settings(config)` sets every
+key where they differ (PAPER_SETTINGS) as the paper's code runs, for the
+paper's experiments (configs/celeba, pascal, datasetgan, cgpart).
+`check(config)` rejects values that could only fail later, in training.
 """
-from typing import Any
+import math
+from typing import Any, Optional
 
 import ml_collections
+
+from gmseg import errors
 
 FASSEG_CLASSES = ("background", "hair", "skin", "eyes", "nose", "mouth")
 
@@ -56,6 +63,9 @@ def get_base() -> ml_collections.ConfigDict:
       "tmp_channels": 128,     # FPN width (paper: 128)
       "num_layers": 3,         # head depth (paper: 3)
       "norm": "group",         # group | batch (paper) | none
+      # BatchNorm's running variance: 'biased' (Flax's; ours) | 'unbiased'
+      # (torch's n/(n-1), the paper's code; layers.norm_layer).
+      "bn_running_var": "biased",
       # Beyond the paper (faces): 'features+image' appends the generated image
       # to the generator features; head_resolution 'image' upsamples the fused
       # pyramid to the image size before the head (pixel features).
@@ -69,6 +79,9 @@ def get_base() -> ml_collections.ConfigDict:
       "arch": "unet",
       "widths": (64, 128, 256, 512, 512),
       "norm": "group",
+      # BatchNorm's running variance ('batch' norms, head and backbone):
+      # 'biased' (Flax's; ours) | 'unbiased' (torch's, the paper's code).
+      "bn_running_var": "biased",
       "depth": 101,
       "backbone_norm": "frozen_batch",
       "dropout": 0.5,
@@ -186,3 +199,120 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       raise ValueError(f"Config argument {k}={v!r} is not a valid {kind.__name__} "
                        f"(default {defaults[k]!r}).") from None
   return out
+
+
+# The paper's code, key by key (PAPER_NOTES; README "Choices worth knowing").
+# Keys marked * differ from gmseg's defaults; the others are set too, so a
+# paper config stays the paper's if a default changes.
+PAPER_SETTINGS = {
+    # * BatchNorm everywhere the paper's networks have it, with torch's
+    #   unbiased running variance; S runs in training mode in the annotator
+    #   step, so its running statistics move there too.
+    "annotator.norm": "batch",                  # *
+    "annotator.bn_running_var": "unbiased",     # *
+    "segmenter.norm": "batch",                  # * UNet blocks, DeepLab head
+    "segmenter.backbone_norm": "batch",         # * DeepLab backbone in training mode
+    "segmenter.bn_running_var": "unbiased",     # *
+    "train.ann_step_seg_stats": "update",       # *
+    "matching.seg_bn": "across_batch",
+    "matching.grad_path": "batch",
+    "annotator.tmp_channels": 128,
+    "annotator.num_layers": 3,
+    "annotator.inputs": "features",
+    "annotator.head_resolution": "features",
+    "segmenter.upsample": "align_corners",
+    "segmenter.dropout": 0.5,
+    "matching.metric": "cosine",
+    "matching.row_reduction": "mean",
+    "matching.tensor_reduction": "mean",
+    "matching.vectors": "zero",
+    "matching.class_weights": (),
+    "gen_resize": "nearest",
+    "ann_optim.name": "sgd", "ann_optim.lr": 1e-3, "ann_optim.momentum": 0.9,
+    "ann_optim.warmup": 0, "ann_optim.schedule": "constant",
+    "seg_optim.name": "sgd", "seg_optim.lr": 1e-3, "seg_optim.momentum": 0.9,
+    "seg_optim.warmup": 0, "seg_optim.schedule": "constant",
+    "batch.labelled": 2, "batch.synthetic": 2, "batch.segmenter": 2,
+    "train.ann_every": 1, "train.seg_every": 1,
+    "train.eval_every": 4_000, "train.ckpt_every": 4_000,   # snapshots for selection
+    "downstream.num_images": 10_000, "downstream.filter": "none",
+    "downstream.epochs": 20, "downstream.batch": 8,
+    "downstream.optim.name": "adam", "downstream.optim.lr": 1e-3,
+    "downstream.segmenter": "",
+    "downstream.finetune_steps": 0, "downstream.mix_labelled": 0,
+    "downstream.augment": False,
+}
+# StyleGAN truncation, set with `cutoff` (8: CelebA, car, Face-34; 7: horse,
+# aeroplane, cat): psi 0.7 on the first `cutoff` ws, random noise.
+PAPER_TRUNCATION_PSI = 0.7
+
+
+def paper_settings(config: ml_collections.ConfigDict,
+                   cutoff: Optional[int] = None) -> ml_collections.ConfigDict:
+  """Sets `config` to the paper's code's behaviour (PAPER_SETTINGS) in place.
+
+  Leaves alone what each experiment chooses: data, classes, generator path,
+  segmenter arch/depth/pretrained, matched parameters, gen_transform, steps.
+
+  Args:
+    config: a config of `get_base()`'s shape, unlocked or locked (every key
+      exists).
+    cutoff: the StyleGAN truncation cutoff: sets generator.kwargs
+      truncation_psi=0.7, truncation_cutoff=cutoff, noise_mode='random';
+      None leaves the generator's kwargs alone.
+  Returns:
+    `config`.
+  """
+  for key, value in PAPER_SETTINGS.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  if cutoff is not None:
+    kw = config.generator.kwargs
+    kw.truncation_psi = PAPER_TRUNCATION_PSI
+    kw.truncation_cutoff = int(cutoff)
+    kw.noise_mode = "random"
+  return config
+
+
+class ConfigError(errors.UserError, ValueError):
+  """A config value that cannot run, named with its fix."""
+
+
+# Optimisers whose learning rate `check` validates (absent ones are skipped).
+OPTIMIZER_KEYS = ("ann_optim", "seg_optim", "downstream.optim")
+
+
+def _lookup(config, key: str):
+  node = config
+  for part in key.split("."):
+    if not hasattr(node, "get") or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def check(config) -> None:
+  """Rejects config values that would only fail later, mid-training.
+
+  Every optimiser's learning rate (OPTIMIZER_KEYS) must be a finite number
+  > 0: a NaN or infinite one trains one step and ends in a traceback, zero or
+  a negative one does not learn.
+
+  Raises:
+    ConfigError naming the key, the value and the fix.
+  """
+  for key in OPTIMIZER_KEYS:
+    optim = _lookup(config, key)
+    if optim is None or "lr" not in optim:
+      continue
+    lr = optim["lr"]
+    try:
+      ok = not isinstance(lr, bool) and math.isfinite(float(lr)) and float(lr) > 0
+    except (TypeError, ValueError):
+      ok = False
+    if not ok:
+      raise ConfigError(f"{key}.lr={lr!r}: a learning rate must be a finite number > 0 "
+                        f"(the paper's: 1e-3); pass e.g. --config.{key}.lr=1e-3.")

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmseg import build, checkpoint, metric_writers, progress as progress_lib
+from gmseg import build, checkpoint, config_base, metric_writers, progress as progress_lib
 from gmseg import state as state_lib
 from gmseg import steps as steps_lib
 from gmseg.data import pipeline
@@ -40,6 +40,7 @@ def train(config, workdir, num_steps: Optional[int] = None,
   Returns:
     {'step': updates done, 'loss': mean loss of the last log window}.
   """
+  config_base.check(config)
   workdir = pathlib.Path(workdir)
   num_steps = int(num_steps or config.train.steps)
   labelled = build.split_arrays(config, config.data.labelled_split,

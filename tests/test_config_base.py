@@ -1,7 +1,15 @@
-"""Strict config arguments and the base config's keys."""
+"""Strict config arguments, the base config's keys, and the config check."""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
 import pytest
 
-from gmseg import build, config_base
+from gmseg import build, config_base, errors
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_parse_arg_types_and_errors():
@@ -42,3 +50,40 @@ def test_pretrained_file_only_for_deeplab():
   c.segmenter.arch = "deeplab"
   with pytest.raises(FileNotFoundError, match="download.pytorch.org"):
     build.pretrained_segmenter(c.segmenter, {"backbone": {"stem_norm": {"scale": 0}}}, {"backbone": {}})
+
+
+@pytest.mark.parametrize("key", ["ann_optim", "seg_optim", "downstream.optim"])
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -float("inf"), 0.0, -1e-3])
+def test_check_rejects_nonfinite_and_nonpositive_learning_rates(key, lr):
+  c = config_base.get_base()
+  config_base.check(c)  # the defaults pass
+  node = c
+  for part in key.split("."):
+    node = node[part]
+  node.lr = lr
+  with pytest.raises(config_base.ConfigError, match=re.escape(f"{key}.lr={lr!r}: a learning "
+                                                             "rate must be a finite number > 0")):
+    config_base.check(c)
+  assert isinstance(config_base.ConfigError("x"), errors.UserError)
+
+
+def test_method_checks_the_config_first():
+  c = config_base.get_base()
+  c.generator.kwargs = {"resolution": 16, "width": 8, "z_dim": 4}
+  c.segmenter.widths = (4, 4, 4, 4, 4)
+  c.seg_optim.lr = float("nan")
+  with pytest.raises(config_base.ConfigError, match="seg_optim.lr=nan"):
+    build.method(c, build.generator(c))
+
+
+def test_nan_learning_rate_is_one_error_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "launch/annotate.py", "--config=configs/tiny.py",
+       f"--workdir={tmp_path / 'w'}", "--config.ann_optim.lr=nan"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 1
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert lines == ["error: ann_optim.lr=nan: a learning rate must be a finite number > 0 "
+                   "(the paper's: 1e-3); pass e.g. --config.ann_optim.lr=1e-3."], proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
