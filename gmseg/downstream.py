@@ -38,6 +38,13 @@ when different), writes metrics to `<workdir>/downstream/metrics.jsonl` and
 TensorBoard, and checkpoints (checkpoint step = epoch; the latest 20 plus the
 best validation FG-mIoU are kept, as the 5-fold CV protocol needs the last
 20). A restarted `train` resumes from the latest epoch.
+
+Devices and hosts: `downstream.batch` is the global batch. With several
+devices the step is pmapped (gmseg.parallel.TrainStep; gradients, BatchNorm
+running averages and metrics pmeaned, each device's BatchNorm normalising
+with its own rows); every host reads and transforms the same global batch,
+as one host would, and feeds its slice. Only process 0 writes metrics and
+config.json; every process takes part in checkpoint saves.
 """
 import functools
 import json
@@ -53,11 +60,11 @@ import numpy as np
 
 from gmseg import build
 from gmseg import checkpoint
-from gmseg import config_base
 from gmseg import evaluate
 from gmseg import losses
 from gmseg import matching
 from gmseg import metric_writers
+from gmseg import parallel
 from gmseg import progress as progress_lib
 from gmseg import restore
 from gmseg import state as state_lib
@@ -433,7 +440,8 @@ def init_state(config, image_shape, tx) -> state_lib.TrainState:
 
 @functools.lru_cache(maxsize=4)
 def _compiled(seg_json: str, n_classes: int, optim: str, lr: float, momentum: float):
-  """(tx, jitted train step, jitted predict) for one segmenter/optimiser setup.
+  """(tx, train step, jitted predict) for one segmenter/optimiser setup; the
+  step is a `parallel.TrainStep` (jitted on one device, pmapped on several).
 
   Cached on the setup's value, so repeated `train` calls in one process
   (resume, notebooks, tests) reuse the compiled functions.
@@ -443,7 +451,7 @@ def _compiled(seg_json: str, n_classes: int, optim: str, lr: float, momentum: fl
   # supervised_step reads only the segmenter and its optimiser from the Method.
   method = state_lib.Method(gen_fn=None, z_dim=0, annotator=None, segmenter=module,
                             ann_tx=None, seg_tx=tx, matched=())
-  step_fn = jax.jit(functools.partial(steps.supervised_step, method=method), donate_argnums=0)
+  step_fn = parallel.TrainStep(functools.partial(steps.supervised_step, method=method))
   return tx, step_fn, restore.predict_fn(module)
 
 
@@ -462,7 +470,6 @@ def train(config, workdir) -> dict:
     dict(epochs, steps, dataset_size, best_epoch, val=scores of the last
     epoch[, test=...]); scores without the confusion matrix.
   """
-  config_base.check(config)
   d = config.downstream
   out = directory(workdir)
   source = synthetic.source(dataset_dir(workdir))
@@ -470,6 +477,7 @@ def train(config, workdir) -> dict:
   if n < batch:
     raise ValueError(f"The synthetic set has {n} images, fewer than downstream.batch={batch}: "
                      "generate more (downstream.num_images) or filter less.")
+  parallel.check_global_batch(batch, "downstream.batch")
   # Beyond the paper: `mix_labelled` of each batch's places go to the k
   # labelled images (augmented as the supervised baseline), the rest to the set.
   transform, labelled_per_step = batch_transform(config)
@@ -488,6 +496,7 @@ def train(config, workdir) -> dict:
                                      blocking=workdir_lib.DOWNSTREAM_BLOCKING,
                                      what="downstream training")
   state, meta = ckpt.maybe_restore(state)
+  state = step_fn.put(state)
   start_epoch = int(meta["epoch"]) if meta else 0
   is_main = jax.process_index() == 0
   # One history: rows after the restored epoch's last step are dropped.
@@ -508,7 +517,9 @@ def train(config, workdir) -> dict:
     for i in range(steps_per_epoch):
       data = _load_batch(source, order[i * syn_per_step:(i + 1) * syn_per_step])
       step = epoch * steps_per_epoch + i + 1
-      data = transform(data, step)
+      # Every host builds the global batch (augmented, mixed) as one host
+      # would; each feeds its rows of it.
+      data = parallel.host_slice(transform(data, step))
       state, metrics = step_fn(state, data)
       if step % log_every == 0 or i == steps_per_epoch - 1:
         metrics = jax.device_get(metrics)
@@ -517,9 +528,10 @@ def train(config, workdir) -> dict:
       prog.update(step)
     with prog.paused():
       summary = {}
+      single = step_fn.get(state)
       for name, data in sets.items():
         result = evaluate.evaluate_segmenter(
-            lambda x: predict(state.seg_params, state.seg_stats, x), data["image"],
+            lambda x: predict(single.seg_params, single.seg_stats, x), data["image"],
             data["label"], n_classes, batch_size=config.train.eval_batch)
         result.pop("confusion")
         summary[name] = metric_writers.to_jsonable(result)
@@ -527,7 +539,7 @@ def train(config, workdir) -> dict:
       logging.info("epoch %d/%d: val FG-mIoU %.4f mIoU %.4f", epoch + 1, d.epochs,
                    summary["val"]["fg_miou"], summary["val"]["miou"])
       if (epoch + 1) % max(1, int(d.ckpt_every_epoch)) == 0 or epoch + 1 == d.epochs:
-        ckpt.save(epoch + 1, state,
+        ckpt.save(epoch + 1, jax.device_get(single),
                   meta={"config": config.to_dict(), "epoch": epoch + 1, "step": step,
                         "dataset_size": n, "val": summary["val"]},
                   metrics={"fg_miou": summary["val"]["fg_miou"]})

@@ -6,6 +6,13 @@ augmentation, `pipeline.augment`) for a given number of updates. Its
 checkpoints use the phase-one layout (`<workdir>/checkpoints`, a TrainState
 with empty annotator fields), so `restore.evaluate_checkpoint(workdir,
 which='annotate')` scores it like any phase-one segmenter.
+
+Devices and hosts: `batch.labelled` is the global batch. With several
+devices the step is pmapped (gmseg.parallel.TrainStep: gradients, BatchNorm
+running averages and metrics pmeaned; each device normalises with its own
+rows' batch statistics); every host draws and augments the same global
+batch, as one host would, and feeds its slice of it. Only process 0 writes
+config.json and metrics; every process takes part in checkpoint saves.
 """
 import functools
 import pathlib
@@ -13,10 +20,10 @@ from typing import Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gmseg import build, checkpoint, config_base, metric_writers, progress as progress_lib
+from gmseg import parallel
 from gmseg import state as state_lib
 from gmseg import steps as steps_lib
 from gmseg.data import pipeline
@@ -43,6 +50,8 @@ def train(config, workdir, num_steps: Optional[int] = None,
   config_base.check(config)
   workdir = pathlib.Path(workdir)
   num_steps = int(num_steps or config.train.steps)
+  # The global batch splits evenly over every device (checked before setup).
+  parallel.check_global_batch(int(config.batch.labelled), "batch.labelled")
   labelled = build.split_arrays(config, config.data.labelled_split,
                                 limit=config.data.num_labelled)
   sampler = pipeline.Sampler({"image": labelled["image"], "label": labelled["label"]},
@@ -53,8 +62,7 @@ def train(config, workdir, num_steps: Optional[int] = None,
   # supervised_step reads only the segmenter and its optimiser.
   method = state_lib.Method(gen_fn=None, z_dim=0, annotator=None, segmenter=module,
                             ann_tx=None, seg_tx=tx, matched=())
-  step_fn = jax.jit(functools.partial(steps_lib.supervised_step, method=method),
-                    donate_argnums=0)
+  step_fn = parallel.TrainStep(functools.partial(steps_lib.supervised_step, method=method))
   state = state_lib.segmenter_state(module, jax.random.PRNGKey(config.seed + _TAG), tx=tx,
                                     image_shape=labelled["image"].shape[1:],
                                     load=functools.partial(build.pretrained_segmenter,
@@ -63,19 +71,23 @@ def train(config, workdir, num_steps: Optional[int] = None,
     state = state.replace(seg_params=init[0], seg_stats=init[1] or state.seg_stats)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
   state, meta = ckpt.maybe_restore(state)
-  metric_writers.write_config(workdir, config)
-  writer = metric_writers.MetricWriter(workdir)
-  progress = progress_lib.Progress(num_steps, start_step=int(state.step))
+  is_main = jax.process_index() == 0
+  if is_main:
+    metric_writers.write_config(workdir, config)
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+  progress = progress_lib.Progress(num_steps, start_step=int(state.step), log=is_main)
   losses = []
   step = int(state.step)
   aug = pipeline.augmenter(config)
+  state = step_fn.put(state)
   try:
     while step < num_steps:
       batch = sampler.batch(step)
       if augment:
         batch = aug(batch, np.random.default_rng([config.seed, step]))
-      batch = {"image": jnp.asarray(batch["image"]),
-               "label": jnp.asarray(batch["label"], jnp.int32)}
+      # The global batch, augmented as on one host; this host feeds its rows.
+      batch = parallel.host_slice({"image": np.asarray(batch["image"], np.float32),
+                                   "label": np.asarray(batch["label"], np.int32)})
       state, metrics = step_fn(state, batch)
       step += 1
       losses.append(metrics["sup/loss"])
@@ -86,7 +98,8 @@ def train(config, workdir, num_steps: Optional[int] = None,
         writer.write_scalars(step, {"loss": loss}, prefix="supervised")
         losses.clear()
       if step % config.train.ckpt_every == 0 or step == num_steps:
-        ckpt.save(step, jax.device_get(state), meta={"config": config.to_dict(), "step": step})
+        ckpt.save(step, jax.device_get(step_fn.get(state)),
+                  meta={"config": config.to_dict(), "step": step})
   finally:
     writer.close()
     ckpt.wait()
