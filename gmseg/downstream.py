@@ -60,6 +60,7 @@ import numpy as np
 
 from gmseg import build
 from gmseg import checkpoint
+from gmseg import config_base
 from gmseg import evaluate
 from gmseg import losses
 from gmseg import matching
@@ -470,6 +471,7 @@ def train(config, workdir) -> dict:
     dict(epochs, steps, dataset_size, best_epoch, val=scores of the last
     epoch[, test=...]); scores without the confusion matrix.
   """
+  config_base.check(config)
   d = config.downstream
   out = directory(workdir)
   source = synthetic.source(dataset_dir(workdir))
