@@ -22,7 +22,11 @@ Optional filters drop images:
                 images by the method's own distance (per-row cosine); the
                 `keep_fraction` images that agree best are kept.
 
-Labels always come from the chosen annotator. The set is written as the tfds
+Labels come from a label source (gmseg.label_sources): by default the
+chosen annotator; the controls ('self_training': a segmenter trained on the
+k labelled images; 'label_free': the untrained annotator) label the same
+latents through the same code, so only the labels differ. The 'ensemble'
+and 'gradient' filters need the annotator's snapshots. The set is written as the tfds
 dataset `gmseg_synthetic` (gmseg.data.synthetic) in `<workdir>/downstream/
 dataset`, with `generation.json` (what was generated, kept, and from which
 annotator steps) and `grids/dataset.png` (kept examples: image, labels,
@@ -50,7 +54,7 @@ import functools
 import json
 import pathlib
 import shutil
-from typing import Union
+from typing import Optional, Union
 
 from absl import logging
 import jax
@@ -62,6 +66,7 @@ from gmseg import build
 from gmseg import checkpoint
 from gmseg import config_base
 from gmseg import evaluate
+from gmseg import label_sources
 from gmseg import losses
 from gmseg import matching
 from gmseg import metric_writers
@@ -109,15 +114,18 @@ def _js_divergence(probs: jax.Array) -> jax.Array:
 
 
 def sample_batch(gen_params, members, key, batch_index, *, method: state_lib.Method,
-                 batch: int) -> dict:
+                 batch: int, label_fn=label_sources.annotator_labels) -> dict:
   """One batch of generated images labelled by the first of `members`.
 
   Latents and generator noise come from `fold_in(key, batch_index)`, so image
-  i of the set depends only on (key, i // batch, i % batch).
+  i of the set depends only on (key, i // batch, i % batch), whatever labels it.
 
   Args:
-    members: tuple of (ann_params, ann_stats); the first labels, all of them
-      score disagreement (one member: score = mean confidence).
+    members: tuple of parameters for `label_fn` (the annotator's: (ann_params,
+      ann_stats)); the first labels, all of them score disagreement (one
+      member: score = mean confidence).
+    label_fn: `(method, params, images, feats) -> (x, probs [B, H, W, C])`, a
+      `label_sources.LabelSource.fn`.
   Returns:
     image uint8 `[B, H, W, 3]`, label uint8 `[B, H, W]`, confidence uint8
     `[B, H, W]` (max prob * 255), mean_confidence `[B]`, uncertainty `[B]`
@@ -127,11 +135,8 @@ def sample_batch(gen_params, members, key, batch_index, *, method: state_lib.Met
   z = jax.random.normal(k_z, (batch, method.z_dim), jnp.float32)
   images, feats = method.gen_fn(gen_params, z, k_noise)
   member_probs = []
-  for ann_params, ann_stats in members:
-    logits, _ = steps.annotate(method, ann_params, ann_stats, feats, images.shape[1:3],
-                               train=False)
-    probs = jax.nn.softmax(logits, axis=-1)
-    x, probs = (images, probs) if method.transform is None else method.transform(images, probs)
+  for params in members:
+    x, probs = label_fn(method, params, images, feats)
     member_probs.append(probs)
   probs = member_probs[0]
   conf = jnp.max(probs, axis=-1)
@@ -158,12 +163,6 @@ def _ensemble_steps(ckpt_dir, main_step: int, size: int) -> list[int]:
                      f"{ckpt_dir} has {saved}. Keep more (train.keep) or use filter="
                      "'confidence' / 'none'.")
   return chosen
-
-
-def _restore_annotator(ckpt_dir, step: int):
-  params = checkpoint.restore_subtree(ckpt_dir, ("ann_params",), step=step)
-  stats = restore.restore_stats(ckpt_dir, ("ann_stats",), step)
-  return params, stats
 
 
 def gradient_distances(seg_params, seg_stats, images, labels, g_real, *,
@@ -225,16 +224,17 @@ def _select(filter_name: str, d, mean_conf: np.ndarray, uncertainty: np.ndarray)
   return keep
 
 
-def _settings(config, annotator_steps) -> dict:
+def _settings(config, annotator_steps, source_name: str = "annotator") -> dict:
   d = config.downstream
-  return {"num_images": int(d.num_images), "filter": d.filter,
+  return {"label_source": source_name, "num_images": int(d.num_images), "filter": d.filter,
           "min_confidence": float(d.min_confidence), "keep_fraction": float(d.keep_fraction),
           "seed": int(config.seed), "annotator_steps": [int(s) for s in annotator_steps],
           "gen_transform": config.gen_transform, "resolution": int(config.data.resolution),
           "gen_resize": config.get("gen_resize", "bilinear")}
 
 
-def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathlib.Path:
+def generate(config, workdir, annotator_step: Union[str, int] = "best",
+             source: Optional[label_sources.LabelSource] = None) -> pathlib.Path:
   """Writes the synthetic set; returns its tfds data_dir.
 
   A set already generated with the same settings and annotator steps is
@@ -243,8 +243,12 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathl
 
   Args:
     config: the run's config (`downstream.*`, generator, annotator).
-    workdir: the annotation run's directory (`checkpoints/` inside).
-    annotator_step: 'best' (validation FG-mIoU), 'latest' or a saved step.
+    workdir: the annotation run's directory (`checkpoints/` inside; with
+      another `source`, any directory: the set goes to its `downstream/`).
+    annotator_step: 'best' (validation FG-mIoU), 'latest' or a saved step
+      (annotator source only).
+    source: the labels (gmseg.label_sources); None = the annotator of
+      `workdir` at `annotator_step`.
   """
   d = config.downstream
   if d.filter not in FILTERS:
@@ -254,14 +258,22 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathl
                      "must be positive.")
   out, data_dir = directory(workdir), dataset_dir(workdir)
   ckpt_dir = restore.checkpoint_dir(workdir, "annotate")
-  main_step = restore.resolve_step(ckpt_dir, annotator_step)
-  annotator_steps = [main_step]
-  if d.filter == "ensemble":
-    annotator_steps = _ensemble_steps(ckpt_dir, main_step, int(d.get("ensemble_size", 0)))
-  settings = _settings(config, annotator_steps)
+  if source is None:
+    main_step = restore.resolve_step(ckpt_dir, annotator_step)
+    annotator_steps = [main_step]
+    if d.filter == "ensemble":
+      annotator_steps = _ensemble_steps(ckpt_dir, main_step, int(d.get("ensemble_size", 0)))
+  elif d.filter in ("ensemble", "gradient"):
+    raise ValueError(f"downstream.filter={d.filter!r} needs the annotator's phase-one "
+                     f"snapshots; the {source.name!r} label source has none: use filter="
+                     "'none' or 'confidence'.")
+  else:
+    annotator_steps = list(source.annotator_steps)
+  settings = _settings(config, annotator_steps, "annotator" if source is None else source.name)
   info_path = out / "generation.json"
   if synthetic.is_prepared(data_dir) and info_path.is_file():
     old = json.loads(info_path.read_text())
+    old.setdefault("label_source", "annotator")  # sets written before label sources
     if {k: old.get(k) for k in settings} != settings:
       raise ValueError(f"{data_dir} holds a synthetic set generated with {old} but the config asks "
                        f"for {settings}: delete {out} (or use another workdir) to regenerate.")
@@ -272,8 +284,11 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathl
 
   gen = build.generator(config)
   method = build.method(config, gen)
-  members = tuple(_restore_annotator(ckpt_dir, s) for s in annotator_steps)
-  sample = jax.jit(functools.partial(sample_batch, method=method, batch=int(d.gen_batch)))
+  if source is None:
+    source = label_sources.annotator(ckpt_dir, annotator_steps)
+  members = source.members
+  sample = jax.jit(functools.partial(sample_batch, method=method, batch=int(d.gen_batch),
+                                     label_fn=source.fn))
   if d.filter == "gradient":
     seg_params, seg_stats, g_real = _labelled_target(config, method, ckpt_dir, main_step)
     grad_dist = jax.jit(functools.partial(gradient_distances, method=method))
@@ -297,7 +312,7 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best") -> pathl
     shards.append(name)
     buffer.clear()
 
-  logging.info("Generating %d images with annotator step(s) %s.", n, annotator_steps)
+  logging.info("Generating %d images labelled by %s %s.", n, source.name, annotator_steps)
   for i in range(num_batches):
     out_batch = jax.device_get(sample(gen.params, members, key, i))
     real = min(b, n - i * b)  # the last batch is generated whole and trimmed
@@ -586,15 +601,16 @@ def finetune(config, workdir) -> dict:
   return supervised.train(config, finetune_dir(workdir), num_steps=n, init=(params, stats))
 
 
-def run(config, workdir, annotator_step: Union[str, int] = "best") -> dict:
-  """Phase two end to end: `generate` (or reuse), `train`, and `finetune`
-  when `downstream.finetune_steps` > 0.
+def run(config, workdir, annotator_step: Union[str, int] = "best",
+        source: Optional[label_sources.LabelSource] = None) -> dict:
+  """Phase two end to end: `generate` (or reuse; labels from `source`, default
+  the annotator), `train`, and `finetune` when `downstream.finetune_steps` > 0.
 
   Holds `workdir` exclusively (gmseg.workdir), as phase one does: phase two
   reads phase one's checkpoints, which a concurrent run would change.
   """
   with workdir_lib.hold(workdir):
-    generate(config, workdir, annotator_step)
+    generate(config, workdir, annotator_step, source)
     result = train(config, workdir)
     if int(config.downstream.get("finetune_steps", 0)) > 0:
       result["finetune"] = finetune(config, workdir)

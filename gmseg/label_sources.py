@@ -1,0 +1,104 @@
+"""Where phase two's labels come from: the annotator, or a control.
+
+A label source turns generated images into soft labels. `downstream.generate`
+draws the same latents, applies the same filters and writes the same set
+whatever the source, so the controls differ from LAGM only in their labels:
+
+  'annotator'      the trained annotator (LAGM; the paper's phase two);
+  'self_training'  a segmenter trained on the k labelled images alone labels
+                   the generated images (pseudo-labels);
+  'label_free'     the untrained annotator LAGM starts from (phase one's
+                   initialisation for the config's seed): pre-training on
+                   generated images with labels that owe nothing to matching.
+
+`LabelSource.fn(method, params, images, feats) -> (x, probs)`: `images` are
+the generator's `[B, H, W, 3]` in [-1, 1], `feats` its features; `x` the
+images as the downstream segmenter sees them (after `method.transform`) and
+`probs` `[B, h, w, C]` their soft labels. `members` are the parameter sets
+`fn` runs with: the first labels, all of them score disagreement (the
+'ensemble' filter).
+"""
+import dataclasses
+import pathlib
+from typing import Any, Callable, Union
+
+import jax
+import jax.numpy as jnp
+
+from gmseg import build
+from gmseg import checkpoint
+from gmseg import restore
+from gmseg import state as state_lib
+from gmseg import steps
+
+SOURCES = ("annotator", "self_training", "label_free")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSource:
+  """A label source (see the module docstring).
+
+  Attributes:
+    name: one of SOURCES (recorded in generation.json).
+    fn: `(method, params, images, feats) -> (x, probs)`; jitted by the caller.
+    members: tuple of parameter pytrees for `fn` (the first labels).
+    annotator_steps: the annotator snapshots of `members` (annotator source
+      only; [] otherwise), for generation.json.
+  """
+  name: str
+  fn: Callable
+  members: tuple
+  annotator_steps: list = dataclasses.field(default_factory=list)
+
+
+def _transform(method: state_lib.Method, images, probs):
+  return (images, probs) if method.transform is None else method.transform(images, probs)
+
+
+def annotator_labels(method: state_lib.Method, params, images, feats):
+  """The annotator's soft labels; `params` = (ann_params, ann_stats)."""
+  logits, _ = steps.annotate(method, params[0], params[1], feats, images.shape[1:3],
+                             train=False)
+  return _transform(method, images, jax.nn.softmax(logits, axis=-1))
+
+
+def restore_annotator(ckpt_dir, step: int) -> tuple[Any, Any]:
+  """(ann_params, ann_stats) of a phase-one snapshot."""
+  params = checkpoint.restore_subtree(ckpt_dir, ("ann_params",), step=step)
+  stats = restore.restore_stats(ckpt_dir, ("ann_stats",), step)
+  return params, stats
+
+
+def annotator(ckpt_dir, annotator_steps) -> LabelSource:
+  """The trained annotator at `annotator_steps` (the first labels)."""
+  members = tuple(restore_annotator(ckpt_dir, s) for s in annotator_steps)
+  return LabelSource("annotator", annotator_labels, members, [int(s) for s in annotator_steps])
+
+
+def label_free(config, gen) -> LabelSource:
+  """The untrained annotator: phase one's initial annotator for `config.seed`
+  (`state.init_state`), i.e. where LAGM starts."""
+  method = build.method(config, gen)
+  state = jax.jit(lambda p: state_lib.init_state(method, p, config.seed))(gen.params)
+  return LabelSource("label_free", annotator_labels, ((state.ann_params, state.ann_stats),))
+
+
+def segmenter(config, seg_workdir, step: Union[str, int] = "latest",
+              name: str = "self_training") -> LabelSource:
+  """A phase-one-layout segmenter (e.g. the supervised k-shot baseline in
+  `seg_workdir`) labels the generated images it would see downstream.
+
+  Its softmax on `x` (the transformed images) is the soft label.
+  """
+  module, params, stats = restore.restore_segmenter(pathlib.Path(seg_workdir), "annotate",
+                                                    step, config)
+
+  def fn(method, member, images, feats):
+    del feats
+    # The transform is joint; the labels it would move are the segmenter's own.
+    dummy = jnp.zeros(images.shape[:3] + (build.num_classes(config),), images.dtype)
+    x, _ = _transform(method, images, dummy)
+    logits, _ = steps.apply_model(module, member[0], member[1], x, train=False)
+    return x, jax.nn.softmax(logits, axis=-1)
+
+  return LabelSource(name, fn, ((params, stats),))

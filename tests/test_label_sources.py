@@ -1,0 +1,93 @@
+"""Phase two's label sources: the controls label the annotator's latents.
+
+On conftest's tiny annotate run: the self-training source's labels are the
+argmax of the given segmenter's softmax on the very images the annotator's
+set holds; the label-free source's are those of phase one's initial
+annotator; the filters that need annotator snapshots refuse other sources.
+"""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from gmseg import downstream
+from gmseg import label_sources
+from gmseg import restore
+from gmseg.data import synthetic
+
+from conftest import perturbed
+from conftest import tiny_annotate_config as tiny_config
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_annotate, tmp_path_factory):
+  run = tiny_annotate
+  # A trained-looking annotator and segmenter: perturbed, so labels vary.
+  state = run["state"].replace(ann_params=perturbed(run["state"].ann_params, 1, 0.5),
+                               seg_params=perturbed(run["state"].seg_params, 2, 0.5))
+  annotate_dir = run["write_run"](tmp_path_factory.mktemp("ann"), {4: (state, 0.2)})
+  config = tiny_config(run["data_dir"])
+  return dict(run=run, state=state, config=config, annotate_dir=annotate_dir,
+              lagm=synthetic.read(downstream.generate(config, annotate_dir)))
+
+
+def _generated(runs) -> np.ndarray:
+  """The set's images `[N, H, W, 3]` in [-1, 1], from its latents (as sample_batch draws them)."""
+  method, gen, d = runs["run"]["method"], runs["run"]["gen"], runs["config"].downstream
+  key = jax.random.fold_in(jax.random.PRNGKey(runs["config"].seed), downstream._LATENT_TAG)
+  out = []
+  for i in range(-(-d.num_images // d.gen_batch)):
+    k_z, k_noise = jax.random.split(jax.random.fold_in(key, i))
+    z = jax.random.normal(k_z, (d.gen_batch, method.z_dim))
+    out.append(np.asarray(method.gen_fn(gen.params, z, k_noise)[0]))
+  return np.concatenate(out)[:d.num_images]
+
+
+def _info(workdir):
+  return json.loads((downstream.directory(workdir) / "generation.json").read_text())
+
+
+def test_self_training_labels_are_the_segmenters_softmax_on_the_same_images(runs, tmp_path):
+  # The phase-one S of the run stands in for the supervised k-shot segmenter.
+  source = label_sources.segmenter(runs["config"], runs["annotate_dir"], "latest")
+  data = synthetic.read(downstream.generate(runs["config"], tmp_path, source=source))
+  lagm = runs["lagm"]
+  np.testing.assert_array_equal(data["image"], lagm["image"])  # same latents, same images
+  module, params, stats = restore.restore_segmenter(runs["annotate_dir"], "annotate", "latest",
+                                                    runs["config"])
+  x = _generated(runs)  # G's float images (the set stores them rounded to uint8)
+  probs = np.asarray(jax.nn.softmax(restore.predict_fn(module)(params, stats, x), axis=-1))
+  assert np.mean(data["label"] == probs.argmax(-1)) > 0.999
+  np.testing.assert_allclose(data["confidence"], probs.max(-1) * 255, atol=0.51)
+  assert len(np.unique(data["label"])) > 1
+  assert np.mean(data["label"] != lagm["label"]) > 0.2  # not the annotator's labels
+  info = _info(tmp_path)
+  assert info["label_source"] == "self_training" and info["annotator_steps"] == []
+  assert _info(runs["annotate_dir"])["label_source"] == "annotator"
+
+
+def test_label_free_labels_are_the_initial_annotators(runs, tmp_path):
+  run, config = runs["run"], runs["config"]
+  source = label_sources.label_free(config, run["gen"])
+  data = synthetic.read(downstream.generate(config, tmp_path, source=source))
+  np.testing.assert_array_equal(data["image"], runs["lagm"]["image"])
+  # conftest's initial state is init_state(seed 0), the config's seed: the same annotator.
+  initial = label_sources.LabelSource(
+      "annotator", label_sources.annotator_labels,
+      ((run["state"].ann_params, run["state"].ann_stats),))
+  again = synthetic.read(downstream.generate(config, tmp_path / "again", source=initial))
+  np.testing.assert_array_equal(data["label"], again["label"])
+  assert np.mean(data["label"] != runs["lagm"]["label"]) > 0.2
+  assert _info(tmp_path)["label_source"] == "label_free"
+  # The same directory with another source is an error, not a silent reuse.
+  with pytest.raises(ValueError, match="label_source"):
+    downstream.generate(config, tmp_path / "again", source=source)
+
+
+def test_snapshot_filters_refuse_other_sources(runs, tmp_path):
+  source = label_sources.label_free(runs["config"], runs["run"]["gen"])
+  for name in ("ensemble", "gradient"):
+    with pytest.raises(ValueError, match="needs the annotator"):
+      downstream.generate(tiny_config(runs["run"]["data_dir"], filter=name), tmp_path,
+                          source=source)
