@@ -5,13 +5,19 @@ sharing one persistent JAX compilation cache. To keep the wall time down on two
 cores, the uninterrupted run goes first (it compiles and fills the cache);
 then the NaN run goes beside the kill/restart pair.
 
-Multi-host: two processes on this machine joined by
+The uninterrupted run also traces iterations 2..3 (--profile_steps=2:4):
+the trace files appear in <workdir>/profile/ and hold two step dispatches.
+
+Multi-host: `launch/multihost.sh local 2 -- launch/annotate.py ...` starts two
+processes on this machine joined by
 `jax.distributed.initialize(coordinator_address='localhost:PORT', ...)` over
-JAX's CPU backend (gloo collectives) run the same tiny config; both finish,
+JAX's CPU backend (gloo collectives) with the same tiny config; both finish,
 only process 0 writes metrics/grids/config, and the first logged metrics match
 a single-process run to float32 noise. It adds ~40 s (both processes compile),
 so it runs only with GMSEG_MULTIHOST_TEST=1.
 """
+import collections
+import gzip
 import json
 import os
 import pathlib
@@ -31,6 +37,7 @@ from gmseg import checkpoint, metric_writers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "annotate.py"
+PROFILE_STEPS = (2, 4)  # the uninterrupted run's traced iterations
 STEPS = 20  # configs/tiny.py: log every 5, checkpoints every 5, eval/grids every 10
 CLASSES = ("background", "hair", "skin", "eyes", "nose", "mouth")
 
@@ -76,7 +83,8 @@ def runs(env):
   out = {}
   # First alone: it builds the dataset and fills the compilation cache.
   with open(logs["uninterrupted"], "w") as la:
-    out["uninterrupted"] = _finish(_popen(_command(work["uninterrupted"]), e, la),
+    cmd = _command(work["uninterrupted"], "--profile_steps=%d:%d" % PROFILE_STEPS)
+    out["uninterrupted"] = _finish(_popen(cmd, e, la),
                                    logs["uninterrupted"]) + (work["uninterrupted"],)
   # Then the kill/restart pair and, beside it on the second core, the NaN run.
   with open(logs["killed"], "w") as lk, open(logs["nan"], "w") as ln:
@@ -148,6 +156,20 @@ def test_outputs(full_run):
 
   assert "FG-mIoU" in log and f"final (step {STEPS})" in log
   assert f"step {STEPS}/{STEPS}" in log and "it/s" in log and "ETA" in log
+
+
+def test_profile_steps_trace(full_run):
+  workdir, log = full_run
+  traces = list((workdir / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0, traces
+  events = json.load(gzip.open(next(traces[0].parent.glob("*.trace.json.gz"))))["traceEvents"]
+  names = collections.Counter(e.get("name", "") for e in events if e.get("ph") == "X")
+  # One pmapped iteration program dispatched per traced iteration (2 and 3),
+  # nothing of the steps before or after (jax's Python-level pmap entry).
+  dispatches = sum(n for k, n in names.items() if k.startswith("$pmap.py") and
+                   k.endswith(" wrapped"))
+  assert dispatches == PROFILE_STEPS[1] - PROFILE_STEPS[0], names.most_common(20)
+  assert "Profiling steps 2..3 into" in log and "Profile written to" in log
 
 
 def test_kill_and_resume_is_bitwise(full_run, runs):
@@ -232,18 +254,20 @@ def _free_port() -> int:
 def test_two_processes(full_run, env):
   root, e = env
   workdir = root / "multihost"
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _command(workdir, "--multihost", f"--coordinator_address=localhost:{port}",
-               "--num_processes=2", f"--process_id={i}"),
-      cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-4000:]
-  assert "Process 1 of 2" in outs[1][1]
+  logs = root / "multihost_logs"
+  # The README's command: launch/multihost.sh adds --multihost and the
+  # coordinator flags to each of the two processes.
+  proc = subprocess.run(
+      ["bash", str(REPO / "launch" / "multihost.sh"), "local", "2", "--", str(LAUNCH),
+       "--config=configs/tiny.py", f"--workdir={workdir}"],
+      cwd=REPO, env=dict(e, GMSEG_PYTHON=sys.executable, GMSEG_PORT=str(_free_port()),
+                         GMSEG_LOG_DIR=str(logs)),
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  second = (logs / "process_1.log").read_text()
+  assert "Process 0 of 2" in proc.stderr and "Process 1 of 2" in second
   # Only process 0 printed the table and wrote metrics (one line per log step).
-  assert "FG-mIoU" in outs[0][0] and "FG-mIoU" not in outs[1][0]
+  assert "FG-mIoU" in proc.stdout and "FG-mIoU" not in second
   train = metric_writers.read_jsonl(workdir, prefix="train")
   assert [r["step"] for r in train] == [5, 10, 15, 20]
   assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
