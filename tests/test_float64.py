@@ -99,7 +99,7 @@ def test_dcgan_float64_matches_torch_reference():
 
 
 def _struct(x, dtype):
-  return jax.ShapeDtypeStruct(jnp.shape(x), dtype)
+  return jax.ShapeDtypeStruct(x if isinstance(x, tuple) else jnp.shape(x), dtype)
 
 
 def _check_dtypes(module, rngs, inputs, **kw):
@@ -180,3 +180,39 @@ def test_annotator_step_float64_end_to_end():
     assert np.isfinite(loss) and 0.0 < loss < 2.0 and float(metrics["ann/nonfinite"]) == 0
     moved = matching.global_norm(jax.tree.map(lambda a, b: a - b, s1.ann_params, s.ann_params))
     assert float(moved) > 0
+
+
+def test_paper_batchnorm_iteration_stays_float64():
+  # The paper's BatchNorm settings (config_base.PAPER_SETTINGS): A and S with
+  # BatchNorm and torch's unbiased running variance, S's statistics moved in
+  # the annotator step. One iteration (annotator step, then segmenter step
+  # with A on its running statistics), traced by jax.eval_shape (nothing
+  # compiles; the running variance's values are checked by hand in
+  # tests/test_batchnorm.py): every floating leaf of the new state, running
+  # statistics included, and the metrics stay float64.
+  bn = dict(norm="batch", bn_running_var="unbiased")
+  with jax.enable_x64(True):
+    gen = generator_registry.get("random_conv", resolution=16, width=8, z_dim=4, seed=0)
+    gen_params = _f64(gen.params)
+    m = state_lib.Method(
+        gen_fn=gen.apply_fn, z_dim=gen.z_dim,
+        annotator=annotator.Annotator(3, tmp_channels=4, num_layers=2, **bn),
+        segmenter=unet.UNet(3, widths=(4, 4, 4, 4, 4), **bn),
+        ann_tx=state_lib.make_optimizer("sgd", 1e-2),
+        seg_tx=state_lib.make_optimizer("sgd", 1e-2), matched=(), syn_batch=2, seg_batch=2,
+        seg_bn="across_batch", ann_step_seg_stats="update")
+    shapes = jax.eval_shape(lambda g: state_lib.init_state(m, g, seed=0), gen_params)
+    assert jax.tree.leaves(shapes.ann_stats) and jax.tree.leaves(shapes.seg_stats)
+    m = state_lib.Method(**{**m.__dict__,
+                            "matched": state_lib.matched_paths(shapes.seg_params, "re:.*")})
+    floating = lambda t: jax.tree.map(
+        lambda x: _struct(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, t)
+    batch = {"image": _struct((2, 16, 16, 3), jnp.float64),
+             "label": _struct((2, 16, 16), jnp.int32)}
+    s1, metrics = jax.eval_shape(functools.partial(steps.iteration_step, method=m),
+                                 floating(shapes), batch, gen_params)
+  assert _dtypes((s1.ann_params, s1.ann_stats, s1.ann_opt_state, s1.seg_params, s1.seg_stats,
+                  s1.seg_opt_state)) == {"float64"}
+  # Metrics too, but the counts of sanitised gradient entries (float32 counters).
+  assert {k for k, v in metrics.items() if v.dtype != jnp.float64} == {
+      "ann/nonfinite", "seg/nonfinite"}
