@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from gmseg import generator_registry
 from gmseg import config_base
 from gmseg import state as state_lib
 from gmseg.models import annotator as annotator_lib
@@ -19,7 +20,7 @@ from gmseg.models import layers
 
 def generator(config) -> generators.Generator:
   """The configured frozen generator (`config.generator.name/kwargs`)."""
-  return generators.get(config.generator.name, **dict(config.generator.kwargs))
+  return generator_registry.get(config.generator.name, **dict(config.generator.kwargs))
 
 
 def num_classes(config) -> int:
