@@ -171,7 +171,9 @@ def method(config, gen: generators.Generator, devices: int = 1) -> state_lib.Met
       # .get: configs saved before these keys existed normalised per example.
       grad_path=m.get("grad_path", "batch"), seg_bn=m.get("seg_bn", "per_example"),
       ann_step_seg_stats=config.train.get("ann_step_seg_stats", "frozen"),
-      class_weights=_class_weights(config))
+      class_weights=_class_weights(config),
+      # .get: configs saved before these keys existed ran float32, no remat.
+      compute_dtype=config.get("compute_dtype", "float32"), remat=m.get("remat", "none"))
 
 
 def _class_weights(config) -> tuple[float, ...]:

@@ -22,6 +22,9 @@ def get_base() -> ml_collections.ConfigDict:
   """Returns the unlocked base config (callers override, then `lock()`)."""
   c = ml_collections.ConfigDict()
   c.seed = 0                    # A/S initialisation and per-step randomness
+  # Forward passes of G, A, S in the training steps: 'float32' | 'bfloat16'
+  # (parameters, optimiser state, losses, gradients stay float32).
+  c.compute_dtype = "float32"
   c.class_names = FASSEG_CLASSES  # index = class id; len = number of classes
 
   # The frozen generator: registry name + factory kwargs (gmseg.models.generators).
@@ -107,6 +110,10 @@ def get_base() -> ml_collections.ConfigDict:
       # the whole labelled / synthetic batch, per device: the paper's code) |
       # 'per_example' (each example alone, our earlier rule). GroupNorm: no effect.
       "seg_bn": "across_batch",
+      # jax.checkpoint policy of S inside the annotator step: 'none' (keep
+      # activations) | 'nothing_saveable' | 'dots_saveable' | ... (recompute:
+      # less device memory, more time; README "Memory and precision").
+      "remat": "none",
   })
 
   # Optimisers (paper: SGD lr 1e-3 momentum 0.9 for both).

@@ -21,6 +21,10 @@ from gmseg.typing import Params, PyTree
 GRAD_PATHS = ("batch", "per_example")
 SEG_BN = ("across_batch", "per_example")
 SEG_STATS = ("frozen", "update")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+# jax.checkpoint policies by name (steps.REMAT_POLICIES holds the objects).
+REMAT = ("none", "nothing_saveable", "dots_saveable",
+         "dots_with_no_batch_dims_saveable", "everything_saveable")
 
 # (images [B,H,W,3], probs [B,H,W,C]) -> the same, resized/cropped jointly.
 PairTransform = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -71,6 +75,14 @@ class Method:
       synthetic forward pass, as the paper's code does in training mode).
     class_weights: per-class weights of the labelled loss that gives the
       target gradient (beyond the paper; () = none, the paper).
+    compute_dtype: dtype of the training steps' forward passes of G, A and
+      S ('float32' | 'bfloat16'). Parameters, optimiser states, losses,
+      gradients and the matching distance stay float32: parameters and
+      inputs are cast at each model call, outputs cast back.
+    remat: `jax.checkpoint` policy of S's forward pass inside the annotator
+      step ('none' = no rematerialisation; else a `jax.checkpoint_policies`
+      name): S's activations are recomputed in the backward passes instead
+      of stored.
   """
   gen_fn: GeneratorFn
   z_dim: int
@@ -90,10 +102,13 @@ class Method:
   seg_bn: str = "across_batch"
   ann_step_seg_stats: str = "frozen"
   class_weights: tuple[float, ...] = ()
+  compute_dtype: str = "float32"
+  remat: str = "none"
 
   def __post_init__(self):
     for name, allowed in (("grad_path", GRAD_PATHS), ("seg_bn", SEG_BN),
-                          ("ann_step_seg_stats", SEG_STATS)):
+                          ("ann_step_seg_stats", SEG_STATS),
+                          ("compute_dtype", COMPUTE_DTYPES), ("remat", REMAT)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r}; use one of {allowed}.")
     if self.ann_step_seg_stats == "update" and (

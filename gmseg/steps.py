@@ -17,6 +17,14 @@ statistics and updates its running ones. In the segmenter step S uses batch
 statistics of the synthetic batch and updates its running ones; the
 annotator uses its running ones. Evaluation uses running statistics.
 
+Precision and memory (`method.compute_dtype`, `method.remat`): with
+'bfloat16' every model call of the training steps (G, A, S) casts its
+parameters and inputs to bfloat16 and its outputs back to float32, so
+softmaxes, losses, the matching distance, gradients (through the casts) and
+optimiser updates stay float32 on float32 parameters; 'float32' adds no
+operation. `remat` wraps S's forward pass inside the annotator step in
+`jax.checkpoint` with that policy. `predict` (evaluation) runs in float32.
+
 Mean gradients over a batch (`method.grad_path`): 'batch' differentiates the
 batch loss once (the mean of per-example gradients, exactly, because every
 loss here is a mean over examples: the hard cross-entropy divides by the
@@ -33,7 +41,7 @@ import optax
 from gmseg import losses
 from gmseg import matching
 from gmseg.models import layers
-from gmseg.state import Method, TrainState
+from gmseg.state import REMAT, Method, TrainState
 
 # Tags folded into the per-step key so the two phases draw different samples.
 _ANN, _SEG, _SUP = 0, 1, 2
@@ -54,6 +62,33 @@ def apply_model(module, params, stats, x, *, train: bool,
                                 mutable=["batch_stats"])
     return out, updates["batch_stats"]
   return module.apply(variables, x, train=train, rngs=rngs), stats
+
+
+REMAT_POLICIES = {name: getattr(jax.checkpoint_policies, name)
+                  for name in REMAT if name != "none"}
+
+
+def _cast(tree, dtype):
+  """Floating leaves of `tree` in `dtype`; integer leaves (labels, keys) as they are."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x,
+      tree)
+
+
+def run_model(method: Method, module, params, stats, x, *, train: bool,
+              rng: Optional[jax.Array] = None):
+  """`apply_model` in `method.compute_dtype`; returns (float32 output, stats).
+
+  Parameters and inputs are cast (the cast's transpose takes gradients back
+  to the float32 parameters); BatchNorm running statistics stay float32
+  (Flax computes batch statistics in at least float32).
+  """
+  if method.compute_dtype == "float32":
+    return apply_model(module, params, stats, x, train=train, rng=rng)
+  dtype = jnp.dtype(method.compute_dtype)
+  out, stats = apply_model(module, _cast(params, dtype), stats, _cast(x, dtype),
+                           train=train, rng=rng)
+  return _cast(out, jnp.float32), stats
 
 
 def _pmean(tree, axis_name):
@@ -100,13 +135,18 @@ def annotate(method: Method, ann_params, ann_stats, feats, image_hw, *,
   Returns:
     logits `[B, H, W, C]` and the annotator's batch_stats.
   """
-  logits, stats = apply_model(method.annotator, ann_params, ann_stats, feats,
-                              train=train)
+  logits, stats = run_model(method, method.annotator, ann_params, ann_stats, feats,
+                            train=train)
   return layers.resize_to(logits, image_hw), stats
 
 
 def _generate(method: Method, gen_params, z, rng):
-  images, feats = method.gen_fn(gen_params, z, rng)
+  if method.compute_dtype == "float32":
+    images, feats = method.gen_fn(gen_params, z, rng)
+  else:
+    dtype = jnp.dtype(method.compute_dtype)
+    images, feats = _cast(method.gen_fn(_cast(gen_params, dtype), _cast(z, dtype), rng),
+                          jnp.float32)
   # G is frozen: nothing flows back into it.
   return lax.stop_gradient(images), lax.stop_gradient(feats)
 
@@ -115,6 +155,16 @@ def _with_transform(method: Method, images, probs):
   if method.transform is None:
     return images, probs
   return method.transform(images, probs)
+
+
+def _segmenter_apply(method: Method, params, stats, images, rng):
+  """S in training mode inside the annotator step: `run_model`, under
+  `jax.checkpoint(policy=method.remat)` unless remat is 'none' (activations
+  recomputed in the backward passes instead of kept)."""
+  fn = lambda p, s, x, r: run_model(method, method.segmenter, p, s, x, train=True, rng=r)
+  if method.remat != "none":
+    fn = jax.checkpoint(fn, policy=REMAT_POLICIES[method.remat])
+  return fn(params, stats, images, rng)
 
 
 def _segmenter_forward(method: Method, params, stats, images, rng):
@@ -126,11 +176,10 @@ def _segmenter_forward(method: Method, params, stats, images, rng):
   dropout key), exactly as the per-example gradient path runs it.
   """
   if method.seg_bn == "across_batch":
-    return apply_model(method.segmenter, params, stats, images, train=True, rng=rng)
+    return _segmenter_apply(method, params, stats, images, rng)
 
   def one(image, key):
-    logits, new = apply_model(method.segmenter, params, stats, image[None],
-                              train=True, rng=key)
+    logits, new = _segmenter_apply(method, params, stats, image[None], key)
     return logits[0], new
 
   keys = jax.random.split(rng, images.shape[0])
@@ -173,8 +222,7 @@ def _segmenter_grads(method: Method, state: TrainState, loss_fn, images,
 
     def example_loss(matched, image, target, key):
       params = matching.merge(matched, seg_rest)
-      logits, _ = apply_model(method.segmenter, params, state.seg_stats,
-                              image[None], train=True, rng=key)
+      logits, _ = _segmenter_apply(method, params, state.seg_stats, image[None], key)
       return loss_fn(logits, target[None])
 
     rngs = jax.random.split(rng, images.shape[0])
@@ -399,8 +447,8 @@ def segmenter_step(state: TrainState, gen_params, *, method: Method,
   images, probs = _with_transform(method, images, probs)
 
   def loss_fn(params):
-    out, stats = apply_model(method.segmenter, params, state.seg_stats, images,
-                             train=True, rng=local[1])
+    out, stats = run_model(method, method.segmenter, params, state.seg_stats, images,
+                           train=True, rng=local[1])
     return losses.soft_cross_entropy(out, probs), stats
 
   state, metrics = _update_segmenter(state, loss_fn, method, axis_name, "seg")
@@ -426,8 +474,8 @@ def supervised_step(state: TrainState, batch: dict, *, method: Method,
       losses.labelled_count(batch["label"]), axis_name)
 
   def loss_fn(params):
-    out, stats = apply_model(method.segmenter, params, state.seg_stats,
-                             batch["image"], train=True, rng=local[0])
+    out, stats = run_model(method, method.segmenter, params, state.seg_stats,
+                           batch["image"], train=True, rng=local[0])
     return losses.hard_cross_entropy(out, batch["label"], count=count), stats
 
   return _update_segmenter(state, loss_fn, method, axis_name, "sup")
