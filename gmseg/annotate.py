@@ -56,6 +56,7 @@ from gmseg import progress as progress_lib
 from gmseg import state as state_lib
 from gmseg import steps
 from gmseg import viz
+from gmseg import warm_start
 from gmseg import workdir as workdir_lib
 from gmseg.data import pipeline
 
@@ -184,7 +185,8 @@ def _better(value: float, best: Optional[dict]) -> bool:
 
 
 def train_and_evaluate(config, workdir,
-                       profile_steps: Optional[profiling.Window] = None) -> dict[str, Any]:
+                       profile_steps: Optional[profiling.Window] = None,
+                       teacher=None) -> dict[str, Any]:
   """Trains annotator and segmenter; evaluates, checkpoints, resumes.
 
   The run holds `workdir` exclusively (gmseg.workdir: another run on it stops
@@ -198,6 +200,8 @@ def train_and_evaluate(config, workdir,
     workdir: run directory (created; an existing checkpoint is resumed).
     profile_steps: `(a, b)`: a jax.profiler trace of iterations a..b-1 in
       `workdir/profile/` (gmseg.profiling; process 0 only).
+    teacher: a `label_sources.LabelSource` for the warm start (`warm_start.*`,
+      gmseg.warm_start; applied to a fresh run only, before iteration 0).
   Returns:
     {'step': final step, 'final': validation scores at the end,
      'best': the best validation scores (with their 'step'), 'table': text}.
@@ -205,7 +209,7 @@ def train_and_evaluate(config, workdir,
   """
   profiling.check_window(profile_steps, config.train.steps)
   with workdir_lib.hold(workdir):
-    return _train_and_evaluate(config, pathlib.Path(workdir), profile_steps)
+    return _train_and_evaluate(config, pathlib.Path(workdir), profile_steps, teacher)
 
 
 def check_resume(config, ckpt: checkpoint.Checkpointer, workdir) -> None:
@@ -230,7 +234,8 @@ def check_resume(config, ckpt: checkpoint.Checkpointer, workdir) -> None:
 
 
 def _train_and_evaluate(config, workdir: pathlib.Path,
-                        profile_steps: Optional[profiling.Window]) -> dict[str, Any]:
+                        profile_steps: Optional[profiling.Window],
+                        teacher=None) -> dict[str, Any]:
   tc = config.train
   is_main = jax.process_index() == 0
   num_classes = build.num_classes(config)
@@ -263,6 +268,12 @@ def _train_and_evaluate(config, workdir: pathlib.Path,
   seg_params, seg_stats = build.pretrained_segmenter(config.segmenter, state.seg_params,
                                                      state.seg_stats)
   state = state.replace(seg_params=seg_params, seg_stats=seg_stats)
+  if warm_start.wanted(config) and ckpt.latest_step() is None:
+    if teacher is None:
+      raise ValueError("warm_start.* asks for a warm start but no teacher was given: pass "
+                       "train_and_evaluate(..., teacher=...) (gmseg.label_sources), or set "
+                       "warm_start.distill_steps=0 and warm_start.segmenter=False.")
+    state = warm_start.apply(config, method, state, gen.params, teacher)
   state, meta = ckpt.maybe_restore(state)
   best = (meta or {}).get("best")
   start = int(state.step)

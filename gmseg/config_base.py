@@ -124,6 +124,16 @@ def get_base() -> ml_collections.ConfigDict:
   c.seg_optim = ml_collections.ConfigDict({"name": "sgd", "lr": 1e-3, "momentum": 0.9,
                                            "warmup": 0, "schedule": "constant"})
 
+  # Beyond the paper (gmseg.warm_start): before matching, fit the annotator
+  # to a teacher's soft labels on generated images (the experiment passes the
+  # teacher, e.g. the supervised k-shot segmenter). Paper: none.
+  c.warm_start = ml_collections.ConfigDict({
+      "distill_steps": 0,      # distillation steps (0 = off)
+      "lr": 1e-3,              # its Adam learning rate
+      "batch": 8,              # generated images per distillation step
+      "segmenter": False,      # also start phase one's S from the teacher
+  })
+
   # Global batch sizes (split over devices and hosts).
   c.batch = ml_collections.ConfigDict({
       "labelled": 2,           # labelled images per annotator step

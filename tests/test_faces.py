@@ -37,6 +37,7 @@ def test_tiny_faces_pipeline(tmp_path):
   config = _faces_config(fasseg_dir, tmp_path / "tfds")
   out = faces.run(config, tmp_path / "run")
   names = ["LAGM (downstream S)", "LAGM (phase-one S)", "supervised",
+           "self-training (downstream S)", "label-free (downstream S)",
            "rendered labels (downstream S)", "rendered labels (phase-one S)"]
   assert list(out["rows"]) == names
   for name, row in out["rows"].items():
@@ -62,6 +63,11 @@ def test_tiny_faces_pipeline(tmp_path):
     records = read_jsonl(run / sub / "metrics.jsonl", prefix="train")
     assert records and all(np.isfinite(r["ann/match_loss"]) for r in records)
     assert all(0.0 <= r["ann/match_loss"] <= 2.0 for r in records)
+  # The controls label LAGM's phase-two latents with their own source.
+  for sub, source in (("lagm", "annotator"), ("self_training", "self_training"),
+                      ("label_free", "label_free")):
+    info = json.loads((run / sub / "downstream" / "generation.json").read_text())
+    assert (info["label_source"], info["num_generated"]) == (source, 16), sub
   rendered_cfg = json.loads((run / "rendered" / "config.json").read_text())
   assert rendered_cfg["data"]["dataset"] == "rendered_faces"
   assert rendered_cfg["data"]["eval_dataset"] == "fasseg/frontal02"

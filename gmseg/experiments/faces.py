@@ -7,8 +7,15 @@
      segmenter fine-tuned on the k faces);
   2. baselines in the same harness (same segmenter, input size, evaluation):
      'supervised' (the segmenter on the k labelled faces alone, augmented,
-     for the phase-one number of segmenter updates) and 'rendered' (LAGM with
-     k analytically rendered faces as the labelled set instead of photos);
+     for the phase-one number of segmenter updates), 'rendered' (LAGM with
+     k analytically rendered faces as the labelled set instead of photos),
+     and two controls that replace only where phase two's labels come from
+     (gmseg.label_sources; same latents, count, filters, phase-two training,
+     fine-tuning and evaluation as LAGM's phase two): 'self_training' (the
+     supervised baseline labels the generated faces) and 'label_free' (the
+     untrained annotator LAGM starts from labels them). With `warm_start.*`
+     (beyond the paper) LAGM's annotator first distils the supervised
+     baseline's labels (gmseg.warm_start);
   3. evaluation of every segmenter on the frontal test faces (`data.
      test_split` of `data.eval_dataset`) and on the validation faces
      (`data.val_split` of `data.val_dataset`: in configs/faces.py the 182
@@ -31,9 +38,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from gmseg import annotate, build, downstream, evaluate, restore, supervised, viz
+from gmseg import annotate, build, downstream, evaluate, label_sources, restore, supervised, viz
+from gmseg import warm_start
 
-BASELINES = ("supervised", "rendered")
+BASELINES = ("supervised", "rendered", "self_training", "label_free")
+# Row names of the label-source controls (rows "<name> (downstream S)" and
+# "<name> + labelled").
+CONTROLS = {"self_training": "self-training", "label_free": "label-free"}
 GRID_FACES = 8
 
 
@@ -185,8 +196,8 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
     logging.info("%s: FG-mIoU test %.4f, val %s", name, rows[name]["fg_miou"],
                  rows[name].get("val", {}).get("fg_miou"))
 
-  def lagm(name, cfg, run_dir, with_curve=False):
-    annotate.train_and_evaluate(cfg, run_dir)
+  def lagm(name, cfg, run_dir, with_curve=False, teacher=None):
+    annotate.train_and_evaluate(cfg, run_dir, teacher=teacher)
     downstream.run(cfg, run_dir, annotator_step="latest")
     mixed = int(cfg.downstream.get("mix_labelled", 0)) > 0
     add(f"{name} {'+ labelled mixed ' if mixed else ''}(downstream S)", run_dir, "downstream",
@@ -197,10 +208,28 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
     if with_curve:
       curves[name] = curve(run_dir, cfg, sets)
 
-  lagm("LAGM", config, workdir / "lagm", with_curve=True)
+  def control(baseline, make_source):
+    # Phase two of LAGM with another label source, in its own folder.
+    run_dir = workdir / baseline
+    downstream.run(config, run_dir, source=make_source())
+    name = CONTROLS[baseline]
+    add(f"{name} (downstream S)", run_dir, "downstream", config)
+    if int(config.downstream.get("finetune_steps", 0)) > 0:
+      add(f"{name} + labelled", downstream.finetune_dir(run_dir), "annotate", config)
+
+  warm = warm_start.wanted(config)
+  if warm or "supervised" in baselines or "self_training" in baselines:
+    supervised.train(config, workdir / "supervised")  # resumes: trained once
+  # The warm start's teacher is the supervised k-shot segmenter (gmseg.warm_start).
+  lagm("LAGM", config, workdir / "lagm", with_curve=True, teacher=(
+      label_sources.segmenter(config, workdir / "supervised", "latest") if warm else None))
   if "supervised" in baselines:
-    supervised.train(config, workdir / "supervised")
     add("supervised", workdir / "supervised", "annotate", config)
+  if "self_training" in baselines:
+    control("self_training",
+            lambda: label_sources.segmenter(config, workdir / "supervised", "latest"))
+  if "label_free" in baselines:
+    control("label_free", lambda: label_sources.label_free(config, build.generator(config)))
   if "rendered" in baselines:
     lagm("rendered labels", rendered_config(config), workdir / "rendered")
 
