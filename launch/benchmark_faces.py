@@ -1,19 +1,23 @@
 r"""Benchmark of the faces job: scores vs k over seeds, and step timing.
 
 Every model of every row (LAGM phase-one and downstream S, "LAGM + labelled"
-when downstream.finetune_steps > 0, supervised, rendered labels) is scored on
-the 50 FASSEG frontal02 test faces and on the 182 multipose V3 validation
-faces (square crop, 64x64, prepared alike for every row), with per-part IoU.
-Choose settings on V3 (validation), never on the frontal test faces.
+when downstream.finetune_steps > 0, supervised, the self-training and
+label-free controls (LAGM's phase two with the supervised model's or the
+untrained annotator's labels), rendered labels) is scored on the 50 FASSEG
+frontal02 test faces and on the 182 multipose V3 validation faces (square
+crop, 64x64, prepared alike for every row), with per-part IoU; benchmark.md
+states issue 18's goals (gaps to the controls) per k and seed. Choose
+settings on V3 (validation), never on the frontal test faces.
 
-The k=2 column of the README's pipeline (resumes: finished runs are skipped,
-unfinished ones continue from their checkpoints; add k and seeds later):
+The README's sweep (resumes: finished runs are skipped, unfinished ones
+continue from their checkpoints; add k and seeds later):
 
-  .venv/bin/python launch/benchmark_faces.py --workdir=runs/bench_faces --ks=2 --seeds=0,1,2 \
-      --steps=300 --downstream_images=300 --downstream_epochs=2 --baselines=supervised \
-      --override=annotator.inputs=features+image --override=annotator.head_resolution=image \
-      --override=downstream.finetune_steps=300 --override=train.eval_every=100 \
-      --override=train.ckpt_every=100 --manual_dir=../shared/data/fasseg
+  .venv/bin/python launch/benchmark_faces.py --workdir=runs/sweep --ks=2 --seeds=0,1,2 \
+      --steps=600 --downstream_images=2000 --downstream_epochs=3 \
+      --baselines=supervised,self_training,label_free \
+      --override=downstream.finetune_steps=600 --override=train.eval_every=100 \
+      --override=train.ckpt_every=100 --override=train.grid_every=300 \
+      --manual_dir=../shared/data/fasseg
 
 Smoke test:
 

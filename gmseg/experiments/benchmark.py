@@ -253,6 +253,40 @@ def markdown_table(agg: dict, metric: str = "fg_miou") -> str:
   return "\n".join(out)
 
 
+# Issue 18's goals: (metric, method, control, margin x100). Met when the mean
+# of method minus the mean of control is >= margin.
+GOALS = (
+    ("val/fg_miou", "LAGM (downstream S)", "self-training (downstream S)", 5.0),
+    ("fg_miou", "LAGM (downstream S)", "self-training (downstream S)", 0.0),
+    ("val/fg_miou", "LAGM + labelled", "label-free + labelled", 8.0),
+    ("val/fg_miou", "LAGM + labelled", "self-training + labelled", 10.0),
+    ("fg_miou", "LAGM + labelled", "supervised", 0.0),
+)
+
+
+def goals_table(agg: dict, goals=GOALS) -> str:
+  """Markdown: each goal's gap (method minus control, x100, means over the
+  finished seeds) per k, with the per-seed gaps, 'met' when >= the margin."""
+  ks, metrics = agg["ks"], agg.get("metrics", {})
+  out = ["| goal | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+  for metric, method, control, margin in goals:
+    a, b = metrics.get(metric, {}).get(method), metrics.get(metric, {}).get(control)
+    if a is None or b is None:
+      continue
+    cells = []
+    for k in ks:
+      if k not in a or k not in b:
+        cells.append("–")
+        continue
+      gap = a[k]["mean"] - b[k]["mean"]
+      seeds = [s for s in a[k]["values"] if s in b[k]["values"]]
+      per_seed = ", ".join(f"{a[k]['values'][s] - b[k]['values'][s]:+.1f}" for s in seeds)
+      cells.append(f"{gap:+.1f} ({'met' if gap >= margin else 'not met'}; {per_seed})")
+    where = "V3" if metric.startswith("val/") else "frontal test"
+    out.append(f"| {method} - {control} >= {margin:g} on {where} | " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
 def plot(agg: dict, path) -> None:
   """FG-mIoU against k with population-std error bars, one line per method;
   a second panel for the validation faces when the runs scored them."""
@@ -306,6 +340,9 @@ def write_report(workdir, agg: Optional[dict], head: dict,
     if "val/iou/eyes" in agg.get("metrics", {}):
       lines += ["## Eyes / nose / mouth IoU (x100, mean over seeds), V3 validation faces", "",
                 small_parts_table(agg, "val/"), ""]
+    goals = goals_table(agg)
+    if goals.count("\n") > 1:  # a goal whose rows both ran
+      lines += ["## Issue 18's goals: gap (x100, mean over seeds; per seed)", "", goals, ""]
     if agg["wall_s"]:
       lines += ["Wall time per run (all methods, mean over finished seeds): " + ", ".join(
           f"k={k}: {v / 60:.1f} min" for k, v in sorted(agg["wall_s"].items())), ""]
