@@ -30,6 +30,16 @@ torchvision ResNet-101 .pth, e.g.
     --config configs/datasetgan.py:obj=cat,seg=unet,gen_path=checkpoints/cat256 \
     --workdir runs/dgan_cat_unet
 
+DatasetGAN's own generators, StyleGAN (v1), with `gen=stylegan1`: `gen_path=`
+its `karras2019stylegan-{celebahq-1024x1024,cars-512x384,cats-256x256}.for_g_all.pt`
+and `w_avg=` the average-latent .npy beside it (psi 0.7 and the same cutoffs;
+the face generator is 1024x1024, its image and last two features resized to
+512 as the paper's code does), e.g.
+
+  D=checkpoints/stylegan_pretrain
+  python launch/annotate.py --workdir runs/dgan_face_sg1_deeplab \
+    --config configs/datasetgan.py:obj=face,seg=deeplab,gen=stylegan1,w_avg=$D/avg_latent_stylegan1.npy,gen_path=$D/karras2019stylegan-celebahq-1024x1024.for_g_all.pt
+
 Phase two (the annotator's last snapshot, so the test set never selects it)
 and evaluation (5-fold CV on test over the last 20 epoch snapshots):
 
@@ -37,9 +47,10 @@ and evaluation (5-fold CV on test over the last 20 epoch snapshots):
     --workdir runs/dgan_car_deeplab --annotator_step=latest
   python launch/evaluate.py --workdir runs/dgan_car_deeplab --split test --which downstream --protocol cv5
 
-Arguments: obj (car | cat | face), seg (deeplab | unet), num (labelled
-images; 0 = all, default the paper's count), seed, steps, gen_path,
-pretrained, data_dir, manual_dir (DatasetGAN's `annotation` folder).
+Arguments: obj (car | cat | face), seg (deeplab | unet), gen (stylegan2 |
+stylegan1), num (labelled images; 0 = all, default the paper's count), seed,
+steps, gen_path, w_avg (stylegan1's average latent .npy), pretrained,
+data_dir, manual_dir (DatasetGAN's `annotation` folder).
 """
 import ml_collections
 
@@ -53,15 +64,25 @@ OBJECTS = {
     "face": ("datasetgan_face34", 16, 512, 8, "resize"),
 }
 SEGMENTERS = {"deeplab": "deeplab:head", "unet": "unet:all"}
+# obj -> resolution of DatasetGAN's StyleGAN (v1) generator (face 1024 is
+# returned at 512; cars are 512x384 content on a 512x512 canvas).
+STYLEGAN1_RESOLUTIONS = {"car": 512, "cat": 256, "face": 1024}
+GENERATORS = ("stylegan2", "stylegan1")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_base.parse_arg(arg, obj="car", seg="deeplab", num=-1, seed=0, steps=150_000,
-                              gen_path="", pretrained="", data_dir="", manual_dir="")
+  arg = config_base.parse_arg(arg, obj="car", seg="deeplab", gen="stylegan2", num=-1, seed=0,
+                              steps=150_000, gen_path="", w_avg="", pretrained="", data_dir="",
+                              manual_dir="")
   if arg.obj not in OBJECTS:
     raise ValueError(f"obj={arg.obj!r}: DatasetGAN object must be one of {tuple(OBJECTS)}.")
   if arg.seg not in SEGMENTERS:
     raise ValueError(f"seg={arg.seg!r}: segmenter must be one of {tuple(SEGMENTERS)}.")
+  if arg.gen not in GENERATORS:
+    raise ValueError(f"gen={arg.gen!r}: generator must be one of {GENERATORS}.")
+  if arg.w_avg and arg.gen != "stylegan1":
+    raise ValueError(f"w_avg={arg.w_avg!r} is StyleGAN (v1)'s average latent; a StyleGAN2 "
+                     "snapshot holds its own: drop it or use gen=stylegan1.")
   if arg.pretrained and arg.seg != "deeplab":
     raise ValueError(f"pretrained={arg.pretrained!r} is a ResNet backbone for seg=deeplab; "
                      "the UNet has no pretrained weights: drop it or use seg=deeplab.")
@@ -73,13 +94,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = arg.seed
   c.class_names = datasetgan.CLASS_NAMES[dataset.removeprefix("datasetgan_")]
 
-  c.generator.name = "stylegan2"
+  c.generator.name = arg.gen
   # Not a checkpoint: building the generator from it fails with this text in
   # the error, which says what to pass.
-  unset = f"<unset: pass gen_path=<StyleGAN2 {arg.obj} .pkl or converted dir>>"
-  c.generator.kwargs = ml_collections.ConfigDict({
-      "path": arg.gen_path or unset, "truncation_psi": 0.7, "truncation_cutoff": cutoff,
-      "noise_mode": "random"})
+  if arg.gen == "stylegan2":
+    unset = f"<unset: pass gen_path=<StyleGAN2 {arg.obj} .pkl or converted dir>>"
+    c.generator.kwargs = ml_collections.ConfigDict({
+        "path": arg.gen_path or unset, "truncation_psi": 0.7, "truncation_cutoff": cutoff,
+        "noise_mode": "random"})
+  else:
+    unset = f"<unset: pass gen_path=<DatasetGAN's StyleGAN {arg.obj} .for_g_all.pt>>"
+    c.generator.kwargs = ml_collections.ConfigDict({
+        "path": arg.gen_path or unset,
+        "w_avg_path": arg.w_avg or "<unset: pass w_avg=<avg_latent_stylegan1.npy>>",
+        "resolution": STYLEGAN1_RESOLUTIONS[arg.obj], "truncation_psi": 0.7,
+        "truncation_cutoff": cutoff, "noise_mode": "random"})
 
   c.data.dataset = dataset
   c.data.labelled_split = "train"     # DatasetGAN's annotated *generated* images

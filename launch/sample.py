@@ -59,7 +59,8 @@ def build_generator(name: str, path: str | None, truncation: float | None,
   """Registry lookup; returns (generator, z scale for truncation)."""
   args = _factory_args(name)
   kwargs, z_scale = {}, 1.0
-  for value, arg, flag in ((w_avg, "w_avg_path", "--w_avg"), (cutoff, "truncation_cutoff", "--cutoff")):
+  for value, arg, flag in ((w_avg, "w_avg_path", "--w_avg"),
+                           (cutoff, "truncation_cutoff", "--cutoff")):
     if value is not None:
       if arg not in args:
         raise app.UsageError(f"Generator {name!r} takes no {flag} (its arguments: "

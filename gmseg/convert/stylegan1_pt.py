@@ -27,6 +27,10 @@ class StyleGAN1CheckpointError(errors.UserError, ValueError):
   """A file that is not a usable StyleGAN (v1) checkpoint or average latent."""
 
 
+class StyleGAN1FileNotFound(errors.UserError, FileNotFoundError):
+  """A checkpoint or average-latent path that does not exist."""
+
+
 # Names that only a StyleGAN2(-ADA) file holds: its snapshot pickles name
 # these modules, its state dicts start with these prefixes.
 _SG2_PICKLE_MARKS = (b"torch_utils", b"dnnlib")
@@ -48,7 +52,7 @@ def read_state_dict(path: str | os.PathLike) -> "collections.OrderedDict[str, np
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise StyleGAN1FileNotFound(
         f"No StyleGAN (v1) checkpoint at {path}: pass the path of DatasetGAN's "
         "karras2019stylegan-*.for_g_all.pt file.")
   with open(path, "rb") as f:
@@ -79,7 +83,7 @@ def read_w_avg(path: str | os.PathLike) -> np.ndarray:
   flattened; anything else of another size is refused)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise StyleGAN1FileNotFound(
         f"No average-latent file at {path}: pass the .npy that comes with the "
         "checkpoint (DatasetGAN: avg_latent_stylegan1.npy).")
   try:

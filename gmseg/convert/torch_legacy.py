@@ -141,7 +141,8 @@ def load(path: str | os.PathLike):
     storages = {}
     for key in map(str, keys):
       if key not in unpickler.declared:
-        raise TorchCheckpointError(f"{path}: storage {key!r} is listed but never used; corrupt file.")
+        raise TorchCheckpointError(
+            f"{path}: storage {key!r} is listed but never used; corrupt file.")
       dtype, numel = unpickler.declared[key]
       head = f.read(8)
       if len(head) != 8:
