@@ -168,6 +168,9 @@ def get_base() -> ml_collections.ConfigDict:
       "filter": "none",        # none | confidence | ensemble | gradient (beyond the paper)
       "min_confidence": 0.9,   # mean max-prob per image for 'confidence'
       "keep_fraction": 0.9,    # fraction kept by 'ensemble' / 'gradient' (best scores)
+      # Beyond the paper: labels = mean of the last n saved annotator snapshots'
+      # soft labels (gmseg.label_sources.annotator_mean; experiments pass it). Paper: 1.
+      "label_snapshots": 1,
       "epochs": 20,
       "batch": 8,
       "optim": ml_collections.ConfigDict({"name": "adam", "lr": 1e-3, "momentum": 0.9}),

@@ -5,6 +5,8 @@ draws the same latents, applies the same filters and writes the same set
 whatever the source, so the controls differ from LAGM only in their labels:
 
   'annotator'      the trained annotator (LAGM; the paper's phase two);
+  'annotator_mean' beyond the paper: the mean of several annotator
+                   snapshots' soft labels (an ensemble along phase one);
   'self_training'  a segmenter trained on the k labelled images alone labels
                    the generated images (pseudo-labels);
   'label_free'     the untrained annotator LAGM starts from (phase one's
@@ -31,7 +33,7 @@ from gmseg import restore
 from gmseg import state as state_lib
 from gmseg import steps
 
-SOURCES = ("annotator", "self_training", "label_free")
+SOURCES = ("annotator", "annotator_mean", "self_training", "label_free")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,18 @@ def annotator(ckpt_dir, annotator_steps) -> LabelSource:
   """The trained annotator at `annotator_steps` (the first labels)."""
   members = tuple(restore_annotator(ckpt_dir, s) for s in annotator_steps)
   return LabelSource("annotator", annotator_labels, members, [int(s) for s in annotator_steps])
+
+
+def annotator_mean(ckpt_dir, annotator_steps) -> LabelSource:
+  """The mean soft labels of the annotator snapshots `annotator_steps`
+  (one member holding them all, so the filters see one labeller)."""
+  snapshots = tuple(restore_annotator(ckpt_dir, s) for s in annotator_steps)
+
+  def fn(method, member, images, feats):
+    outs = [annotator_labels(method, m, images, feats) for m in member]
+    return outs[0][0], sum(p for _, p in outs) / len(outs)
+
+  return LabelSource("annotator_mean", fn, (snapshots,), [int(s) for s in annotator_steps])
 
 
 def label_free(config, gen) -> LabelSource:

@@ -116,3 +116,19 @@ def test_warm_start_distils_the_teacher_into_the_annotator(runs):
   before, after = agreement(run["state"]), agreement(state)
   assert after > before + 0.4, (before, after)  # 0.05 -> 0.57 measured
   assert not warm_start.wanted(config)
+
+
+def test_annotator_mean_averages_the_snapshots_soft_labels(runs, tmp_path):
+  run = runs["run"]
+  states = {s: run["state"].replace(ann_params=perturbed(run["state"].ann_params, s, 0.5))
+            for s in (3, 4)}
+  workdir = run["write_run"](tmp_path, {s: (st, 0.1) for s, st in states.items()})
+  source = label_sources.annotator_mean(restore.checkpoint_dir(workdir), [3, 4])
+  method, gen = run["method"], run["gen"]
+  images, feats = method.gen_fn(gen.params, *_latents(runs))
+  _, probs = source.fn(method, source.members[0], images, feats)
+  each = [np.asarray(label_sources.annotator_labels(
+      method, (st.ann_params, st.ann_stats), images, feats)[1]) for st in states.values()]
+  np.testing.assert_allclose(np.asarray(probs), (each[0] + each[1]) / 2, atol=1e-6)
+  assert np.mean(each[0].argmax(-1) != each[1].argmax(-1)) > 0.1  # the snapshots differ
+  assert (source.name, source.annotator_steps) == ("annotator_mean", [3, 4])

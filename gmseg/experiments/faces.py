@@ -174,6 +174,22 @@ def table(rows: dict, class_names: Sequence[str], which: str = "test") -> str:
   return "\n".join(out)
 
 
+def snapshot_mean(config, run_dir):
+  """The 'annotator_mean' label source of the last `downstream.label_snapshots`
+  saved annotators (beyond the paper), or None (the latest annotator) for 1."""
+  n = int(config.downstream.get("label_snapshots", 1))
+  if n <= 1:
+    return None
+  from gmseg import checkpoint  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoint.Checkpointer(restore.checkpoint_dir(run_dir, "annotate"), async_save=False)
+  saved = ckpt.all_steps()
+  ckpt.close()
+  if len(saved) < n:
+    raise ValueError(f"downstream.label_snapshots={n} but {run_dir} saved {len(saved)} "
+                     "annotators; save more often (train.ckpt_every) or use fewer.")
+  return label_sources.annotator_mean(restore.checkpoint_dir(run_dir, "annotate"), saved[-n:])
+
+
 def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
   """Runs LAGM and the baselines; returns {'rows', 'table', 'grids'}.
 
@@ -198,7 +214,7 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
 
   def lagm(name, cfg, run_dir, with_curve=False, teacher=None):
     annotate.train_and_evaluate(cfg, run_dir, teacher=teacher)
-    downstream.run(cfg, run_dir, annotator_step="latest")
+    downstream.run(cfg, run_dir, annotator_step="latest", source=snapshot_mean(cfg, run_dir))
     mixed = int(cfg.downstream.get("mix_labelled", 0)) > 0
     add(f"{name} {'+ labelled mixed ' if mixed else ''}(downstream S)", run_dir, "downstream",
         cfg)
