@@ -172,7 +172,8 @@ def test_full_size_key_lists_are_accepted(res):
   assert sum(x.size for x in jax.tree.leaves(abstract["mapping"])) == ref[
       "parameter_count_g_mapping"]
   gen = sg1.make_generator(abstract, arch, truncation_cutoff=7 if res == "256" else 8)
-  assert [3, gen.resolution, gen.resolution] == ref["wrapper_image_shape_CHW"]
+  assert [3, arch.output_resolution, arch.output_resolution] == ref["wrapper_image_shape_CHW"]
+  assert gen.resolution == arch.output_resolution
   assert list(gen.feature_shapes) == [(h, w, c) for c, h, w in ref["wrapper_feature_shapes_CHW"]]
 
 
@@ -354,6 +355,8 @@ def test_truncated_legacy_file(tmp_path):
   cut.write_bytes(blob[:len(blob) - 1000])
   with pytest.raises(torch_legacy.TorchCheckpointError, match="truncated"):
     torch_legacy.load(cut)
+  with pytest.raises(stylegan1_pt.StyleGAN1CheckpointError, match="truncated"):
+    stylegan1_pt.read_state_dict(cut)  # one user error, for the launchers' one line
 
 
 # ----------------------------------------------------------------------------

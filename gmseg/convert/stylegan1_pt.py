@@ -57,10 +57,11 @@ def read_state_dict(path: str | os.PathLike) -> "collections.OrderedDict[str, np
         "karras2019stylegan-*.for_g_all.pt file.")
   with open(path, "rb") as f:
     head = f.read(1 << 16)
-  if head[:2] == b"PK":
-    obj = torch_zip.load(path)
-  elif torch_legacy.is_legacy(path):
-    obj = torch_legacy.load(path)
+  if head[:2] == b"PK" or torch_legacy.is_legacy(path):
+    try:
+      obj = (torch_zip if head[:2] == b"PK" else torch_legacy).load(path)
+    except torch_zip.TorchCheckpointError as e:  # truncated, corrupt, unknown globals
+      raise StyleGAN1CheckpointError(str(e)) from None
   elif head[:1] == b"\x80" and any(m in head for m in _SG2_PICKLE_MARKS):
     raise StyleGAN1CheckpointError(_sg2_hint(path))
   else:
@@ -128,7 +129,7 @@ def read_params(path: str | os.PathLike, w_avg_path: Optional[str] = None,
 
 
 def load(path: str, w_avg_path: Optional[str] = None, resolution: Optional[int] = None,
-         truncation_psi: float = 0.7, truncation_cutoff: int = 8,
+         truncation_psi: float = 0.7, truncation_cutoff: Optional[int] = 8,
          noise_mode: str = "random") -> generators.Generator:
   """Registry factory 'stylegan1': a DatasetGAN `.for_g_all.pt` and its
   average-latent `.npy` as a `generators.Generator` (see

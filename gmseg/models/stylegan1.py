@@ -494,7 +494,7 @@ def infer_arch(state_dict: Mapping[str, Any]) -> Arch:
 
 
 def make_generator(params, arch: Arch, truncation_psi: float = 0.7,
-                   truncation_cutoff: int = 8, noise_mode: str = "random",
+                   truncation_cutoff: Optional[int] = 8, noise_mode: str = "random",
                    name: Optional[str] = None) -> generators.Generator:
   """Wraps params into a `generators.Generator`.
 
@@ -503,7 +503,10 @@ def make_generator(params, arch: Arch, truncation_psi: float = 0.7,
   per block (`x`, then `x2`; `[B, r, r, C_r]`, the last two of a 1024
   generator at 512). The rng drives the 'random' noise; it is unused in the
   other modes. `apply_fn` is jitted and may be called inside other jits.
+  `truncation_cutoff` None truncates all 18 ws.
   """
+  if truncation_cutoff is None:
+    truncation_cutoff = NUM_WS
   if noise_mode not in NOISE_MODES:
     raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}.")
   if not 0 <= int(truncation_cutoff) <= NUM_WS:
