@@ -71,6 +71,7 @@ from gmseg import losses
 from gmseg import matching
 from gmseg import metric_writers
 from gmseg import parallel
+from gmseg import profiling
 from gmseg import progress as progress_lib
 from gmseg import restore
 from gmseg import state as state_lib
@@ -479,9 +480,12 @@ def _eval_sets(config) -> dict:
   return sets
 
 
-def train(config, workdir) -> dict:
+def train(config, workdir, profile_steps: Optional[profiling.Window] = None) -> dict:
   """Trains the downstream segmenter on the generated set (resuming if possible).
 
+  Args:
+    profile_steps: `(a, b)`: a jax.profiler trace of updates a+1..b (those
+      starting with a..b-1 done) in `<workdir>/downstream/profile/`.
   Returns:
     dict(epochs, steps, dataset_size, best_epoch, val=scores of the last
     epoch[, test=...]); scores without the confusion matrix.
@@ -500,6 +504,7 @@ def train(config, workdir) -> dict:
   transform, labelled_per_step = batch_transform(config)
   syn_per_step = batch - labelled_per_step
   steps_per_epoch = n // syn_per_step
+  profiling.check_window(profile_steps, d.epochs * steps_per_epoch)
   tx, step_fn, predict = _compiled(
       json.dumps(metric_writers.to_jsonable(restore.segmenter_config(config, "downstream")),
                  sort_keys=True),
@@ -526,6 +531,7 @@ def train(config, workdir) -> dict:
   n_classes = build.num_classes(config)
   log_every = max(1, int(config.train.log_every))
   prog = progress_lib.Progress(d.epochs * steps_per_epoch, start_step=start_epoch * steps_per_epoch)
+  profiler = profiling.StepProfiler(profile_steps, out / "profile", enabled=is_main)
   summary = {}
   logging.info("Downstream: %d images, %d steps/epoch, epochs %d..%d.", n, steps_per_epoch,
                start_epoch + 1, d.epochs)
@@ -537,7 +543,9 @@ def train(config, workdir) -> dict:
       # Every host builds the global batch (augmented, mixed) as one host
       # would; each feeds its rows of it.
       data = parallel.host_slice(transform(data, step))
+      profiler.at(step - 1)
       state, metrics = step_fn(state, data)
+      profiler.at(step, (state, metrics))
       if step % log_every == 0 or i == steps_per_epoch - 1:
         metrics = jax.device_get(metrics)
         progress_lib.check_finite(metrics, step)
@@ -560,6 +568,7 @@ def train(config, workdir) -> dict:
                   meta={"config": config.to_dict(), "epoch": epoch + 1, "step": step,
                         "dataset_size": n, "val": summary["val"]},
                   metrics={"fg_miou": summary["val"]["fg_miou"]})
+  profiler.close(state)  # a window reaching past the last update ends here
   ckpt.wait()
   best_epoch = ckpt.best_step()
   ckpt.close()
@@ -602,16 +611,18 @@ def finetune(config, workdir) -> dict:
 
 
 def run(config, workdir, annotator_step: Union[str, int] = "best",
-        source: Optional[label_sources.LabelSource] = None) -> dict:
+        source: Optional[label_sources.LabelSource] = None,
+        profile_steps: Optional[profiling.Window] = None) -> dict:
   """Phase two end to end: `generate` (or reuse; labels from `source`, default
-  the annotator), `train`, and `finetune` when `downstream.finetune_steps` > 0.
+  the annotator), `train` (traced over `profile_steps`, see `train`), and
+  `finetune` when `downstream.finetune_steps` > 0.
 
   Holds `workdir` exclusively (gmseg.workdir), as phase one does: phase two
   reads phase one's checkpoints, which a concurrent run would change.
   """
   with workdir_lib.hold(workdir):
     generate(config, workdir, annotator_step, source)
-    result = train(config, workdir)
+    result = train(config, workdir, profile_steps)
     if int(config.downstream.get("finetune_steps", 0)) > 0:
       result["finetune"] = finetune(config, workdir)
     return result

@@ -4,6 +4,7 @@ A tiny annotate-phase workdir (config.json + 3 annotator snapshots whose
 parameters differ, best = step 10; conftest's `tiny_annotate`) is built once;
 each test copies it, since phase two writes into `<workdir>/downstream`.
 """
+import gzip
 import json
 import shutil
 
@@ -160,7 +161,15 @@ def test_train_resumes_to_the_uninterrupted_result(setup, plain):
   result = downstream.train(tiny_config(setup["data_dir"], epochs=2), straight)
   first = downstream.train(tiny_config(setup["data_dir"], epochs=1), resumed)
   assert first["dataset_size"] == N and first["steps"] == 2
-  again = downstream.train(tiny_config(setup["data_dir"], epochs=2), resumed)
+  # The resumed run also traces its updates 3 and 4 (--profile_steps=2:4).
+  again = downstream.train(tiny_config(setup["data_dir"], epochs=2), resumed, profile_steps=(2, 4))
+  traces = list((resumed / "downstream" / "profile").glob("plugins/profile/*/*.trace.json.gz"))
+  assert len(traces) == 1 and list(traces[0].parent.glob("*.xplane.pb")), traces
+  # One call of the jitted step per traced update (jax nests two events per call).
+  calls = sorted((e["ts"], e["ts"] + e["dur"]) for e in json.load(gzip.open(traces[0]))[
+      "traceEvents"] if e.get("ph") == "X" and e.get("name") == "PjitFunction(supervised_step)")
+  outer = [c for i, c in enumerate(calls) if all(c[0] >= end for _, end in calls[:i])]
+  assert len(outer) == 2, calls
 
   directory = restore.checkpoint_dir(resumed, "downstream")
   ckpt = checkpoint.Checkpointer(directory, best_key="fg_miou")
