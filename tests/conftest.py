@@ -41,8 +41,8 @@ LONGEST_FIRST = (
     "test_restore_eval.py",      # ~60
     "test_faces_levers.py",      # ~55
     "test_notebook.py",          # ~52
-    "test_downstream.py",        # ~45
     "test_stylegan1.py",         # ~50 (52 s of CPU, cold compile cache)
+    "test_downstream.py",        # ~45
 )
 
 
