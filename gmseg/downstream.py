@@ -250,6 +250,12 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
       (annotator source only).
     source: the labels (gmseg.label_sources); None = the annotator of
       `workdir` at `annotator_step`.
+
+  Devices and hosts: with several devices each labels whole batches of its
+  own (`_parallel_batches`: image i still comes from batch i // gen_batch's
+  latents, so the set is a single device's); with several processes each
+  writes its shards of the staging folder (on a filesystem every host sees,
+  as the checkpoints need) and process 0 filters and builds the set.
   """
   d = config.downstream
   if d.filter not in FILTERS:
@@ -280,7 +286,8 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
                        f"for {settings}: delete {out} (or use another workdir) to regenerate.")
     logging.info("Reusing the synthetic set in %s (%d images).", data_dir, old["num_kept"])
     return data_dir
-  if data_dir.exists():
+  hosts, is_main = jax.process_count(), jax.process_index() == 0
+  if data_dir.exists() and is_main:
     shutil.rmtree(data_dir)  # a partial earlier attempt
 
   gen = build.generator(config)
@@ -296,31 +303,45 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _LATENT_TAG)
 
   staging = out / "staging"
-  if staging.exists():
+  if staging.exists() and is_main:
     shutil.rmtree(staging)
-  staging.mkdir(parents=True)
+  parallel.sync_hosts("gmseg_generate_start")  # no-op with one process
+  staging.mkdir(parents=True, exist_ok=True)
   n, b = int(d.num_images), int(d.gen_batch)
   num_batches = -(-n // b)
   batches_per_shard = max(1, _SHARD_IMAGES // b)
   shards, buffer = [], []
   mean_conf, uncertainty = [], []
-  prog = progress_lib.Progress(num_batches)
+  prog = progress_lib.Progress(num_batches, log=is_main)
+  # Hosts write their own shards (one folder: a filesystem all hosts share,
+  # as the checkpoints need); process 0 gathers and builds the set.
+  shard_prefix = "shard_" if hosts == 1 else f"shard_h{jax.process_index():04d}_"
+  gradient_fn = None
+  if d.filter == "gradient":
+    gradient_fn = lambda images, labels: np.asarray(grad_dist(  # pylint: disable=g-long-lambda
+        seg_params, seg_stats, images, labels, g_real))
+  if parallel.is_data_parallel():
+    batches = _parallel_batches(gen.params, members, key, num_batches, method=method, batch=b,
+                                label_fn=source.fn,
+                                target=(seg_params, seg_stats, g_real) if gradient_fn else None)
+    gradient_fn = None  # computed on the devices with each batch
+  else:  # one device: the batches one by one, as before generation was data-parallel
+    batches = ((i, jax.device_get(sample(gen.params, members, key, i)))
+               for i in range(num_batches))
 
   def flush():
     arrays = {k: np.concatenate([x[k] for x in buffer]) for k in buffer[0]}
-    name = f"shard_{len(shards):05d}.npz"
+    name = f"{shard_prefix}{len(shards):05d}.npz"
     np.savez(staging / name, **arrays)
     shards.append(name)
     buffer.clear()
 
   logging.info("Generating %d images labelled by %s %s.", n, source.name, annotator_steps)
-  for i in range(num_batches):
-    out_batch = jax.device_get(sample(gen.params, members, key, i))
+  for i, out_batch in batches:
     real = min(b, n - i * b)  # the last batch is generated whole and trimmed
     out_batch = {k: v[:real] for k, v in out_batch.items()}
-    if d.filter == "gradient":  # stored where the ensemble keeps its uncertainty
-      out_batch["uncertainty"] = np.asarray(grad_dist(
-          seg_params, seg_stats, out_batch["image"], out_batch["label"], g_real))
+    if gradient_fn is not None:  # stored where the ensemble keeps its uncertainty
+      out_batch["uncertainty"] = gradient_fn(out_batch["image"], out_batch["label"])
     out_batch["index"] = np.arange(i * b, i * b + real)
     buffer.append(out_batch)
     mean_conf.append(out_batch["mean_confidence"])
@@ -330,7 +351,14 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
     prog.update(i + 1)
   if buffer:
     flush()
-  mean_conf, uncertainty = np.concatenate(mean_conf), np.concatenate(uncertainty)
+  if hosts > 1:
+    parallel.sync_hosts("gmseg_generate_shards")
+    if not is_main:  # process 0 filters, builds and writes the set
+      parallel.sync_hosts("gmseg_generate_built")
+      return data_dir
+    shards, mean_conf, uncertainty = _gather_scores(staging, n)
+  else:
+    mean_conf, uncertainty = np.concatenate(mean_conf), np.concatenate(uncertainty)
   keep = _select(d.filter, d, mean_conf, uncertainty)
   if not keep.any():
     raise ValueError(
@@ -357,7 +385,53 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
               kept_max_uncertainty=float(uncertainty[keep].max()))
   info_path.write_text(json.dumps(info, indent=2) + "\n")
   logging.info("Synthetic set: kept %d of %d images in %s.", info["num_kept"], n, data_dir)
+  parallel.sync_hosts("gmseg_generate_built")
   return data_dir
+
+
+def _parallel_batches(gen_params, members, key, num_batches: int, *, method, batch: int,
+                      label_fn, target=None):
+  """This host's generated batches, `sample_batch` pmapped over its devices.
+
+  Round r labels global batches `parallel.work_indices(r)`, one whole batch
+  of `batch` per device from `fold_in(key, index)`: the latents, noise and
+  labels a single device draws for that index. Indices past the end are
+  generated and dropped.
+
+  Args:
+    target: (seg_params, seg_stats, g_real) of the 'gradient' filter, whose
+      distances then come with each batch as its `uncertainty`.
+  Yields:
+    (global batch index, host arrays of `sample_batch`), indices increasing.
+  """
+  p_sample = jax.pmap(functools.partial(sample_batch, method=method, batch=batch,
+                                        label_fn=label_fn))
+  r_gen, r_members, r_key = parallel.replicate((gen_params, members, key))
+  if target is not None:
+    p_grad = jax.pmap(functools.partial(gradient_distances, method=method))
+    r_target = parallel.replicate(target)
+  for r in range(-(-num_batches // jax.device_count())):
+    indices = parallel.work_indices(r)
+    outs = p_sample(r_gen, r_members, r_key, indices)
+    if target is not None:  # on whole batches: each example's distance is its own
+      outs["uncertainty"] = p_grad(r_target[0], r_target[1], outs["image"], outs["label"],
+                                   r_target[2])
+    outs = jax.device_get(outs)
+    for j, i in enumerate(indices):
+      if i < num_batches:
+        yield int(i), {k: v[j] for k, v in outs.items()}
+
+
+def _gather_scores(staging, n: int):
+  """Every host's shard names, and mean confidence and uncertainty `[n]` by
+  global image index, read from the shards in `staging`."""
+  shards = sorted(p.name for p in staging.glob("shard_*.npz"))
+  mean_conf, uncertainty = np.zeros(n, np.float32), np.zeros(n, np.float32)
+  for name in shards:
+    with np.load(staging / name) as data:
+      mean_conf[data["index"]] = data["mean_confidence"]
+      uncertainty[data["index"]] = data["uncertainty"]
+  return shards, mean_conf, uncertainty
 
 
 def _write_grids(grid_dir, staging, shards, keep, pal):

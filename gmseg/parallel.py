@@ -257,6 +257,14 @@ def work_indices(round_index: int) -> np.ndarray:
   return np.arange(start, start + local, dtype=np.int32)
 
 
+def sync_hosts(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (nothing to wait
+  for with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def init_distributed(multihost: bool, coordinator_address: Optional[str] = None,
                      num_processes: Optional[int] = None,
                      process_id: Optional[int] = None) -> None:
