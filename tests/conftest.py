@@ -36,6 +36,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LONGEST_FIRST = (
     "test_teacher_recovery.py",  # ~190
     "test_annotate.py",          # ~150
+    "test_data_parallel.py",     # ~100 (a 4-device subprocess after the 1-device run)
     "test_steps.py",             # ~95
     "test_faces.py",             # ~90
     "test_restore_eval.py",      # ~60
