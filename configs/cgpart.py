@@ -30,6 +30,14 @@ Phase two and evaluation:
   python launch/evaluate.py --workdir runs/cgpart_car --split test
   python launch/evaluate.py --workdir runs/cgpart_car --split test --which downstream
 
+Device memory. The global batches are 2 labelled / 2 synthetic / 2 segmenter
+(split over the devices: 1 or 2 of them; for more, raise batch.*). XLA's
+memory analysis of the compiled annotator step, on one device, float32
+(`launch/memory_report.py --mode=configs`; compiled for CPU, so an estimate
+for GPU/TPU: add the allocator's overhead; README "Memory and precision"):
+seg=deeplab (StyleGAN2 512 shapes, its 4:3 crop at 256): peak 3.1 GB (state
+0.45 GB, scratch 2.5 GB); seg=unet: not measured.
+
 Arguments: seg (deeplab | unet), num (rendered images, 0 = all), seed, steps,
 gen_path, pretrained, data_dir, manual_dir (the folder holding CGPart_render
 and CGPart_real).

@@ -47,6 +47,16 @@ and evaluation (5-fold CV on test over the last 20 epoch snapshots):
     --workdir runs/dgan_car_deeplab --annotator_step=latest
   python launch/evaluate.py --workdir runs/dgan_car_deeplab --split test --which downstream --protocol cv5
 
+Device memory. The global batches are 2 labelled / 2 synthetic / 2 segmenter
+(split over the devices: 1 or 2 of them; for more, raise batch.*). XLA's
+memory analysis of the compiled annotator step, on one device, float32
+(`launch/memory_report.py --mode=configs`; compiled for CPU, so an estimate
+for GPU/TPU: add the allocator's overhead; README "Memory and precision"):
+seg=unet at 512 (car, face; gen=stylegan2 of the official 512 shapes (StyleGAN
+v1: not measured), all UNet parameters matched): peak 9.9 GB; cat (256) with
+DeepLab: about 1.4 GB as configs/celeba.py; car/face with DeepLab at 512: not
+measured (more than cgpart's 3.1 GB at 256).
+
 Arguments: obj (car | cat | face), seg (deeplab | unet), gen (stylegan2 |
 stylegan1), num (labelled images; 0 = all, default the paper's count), seed,
 steps, gen_path, w_avg (stylegan1's average latent .npy), pretrained,

@@ -24,6 +24,14 @@ Phase two and evaluation (VOC val crops):
   python launch/evaluate.py --workdir runs/horse_n10 --split test
   python launch/evaluate.py --workdir runs/horse_n10 --split test --which downstream
 
+Device memory. The global batches are 2 labelled / 2 synthetic / 2 segmenter
+(split over the devices: 1 or 2 of them; for more, raise batch.*). As
+configs/celeba.py (same networks, 6 classes instead of 8): XLA's memory
+analysis of the compiled annotator step, on one device, float32
+(`launch/memory_report.py --mode=configs`; compiled for CPU, so an estimate
+for GPU/TPU: add the allocator's overhead; README "Memory and precision"):
+about 1.4 GB.
+
 Arguments: obj (horse | aeroplane), num (the paper uses 2, 10, 30, 100, 180),
 seed, steps, gen_path, pretrained, data_dir, manual_dir (the folder holding
 VOCdevkit and Pascal-Part's Annotations_Part, for the first build).
