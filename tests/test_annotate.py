@@ -13,8 +13,10 @@ processes on this machine joined by
 `jax.distributed.initialize(coordinator_address='localhost:PORT', ...)` over
 JAX's CPU backend (gloo collectives) with the same tiny config; both finish,
 only process 0 writes metrics/grids/config, and the first logged metrics match
-a single-process run to float32 noise. It adds ~40 s (both processes compile),
-so it runs only with GMSEG_MULTIHOST_TEST=1.
+a single-process run to float32 noise. It adds 140-370 s on the shared 2-core
+machine under load (both processes compile), so it runs only with
+GMSEG_MULTIHOST_TEST=1. Its metric comparison fails (ann/g_real_norm at step 5:
+2.86045 vs 2.86145), already at efc292e, before it went through multihost.sh.
 """
 import collections
 import gzip
@@ -249,7 +251,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(os.environ.get("GMSEG_MULTIHOST_TEST") != "1",
-                    reason="2-process CPU run compiles in both processes (~40 s on "
+                    reason="2-process CPU run compiles in both processes (minutes on "
                            "2 cores); set GMSEG_MULTIHOST_TEST=1 to run it.")
 def test_two_processes(full_run, env):
   root, e = env
