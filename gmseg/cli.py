@@ -112,6 +112,32 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(1)
 
 
+class MultihostFlags:
+  """`--multihost` and its off-cluster companions, for launchers that join a
+  multi-process job (launch/multihost.sh starts them; it looks for the
+  "multihost" flag name in a launcher's source)."""
+
+  def __init__(self):
+    self.multihost = flags.DEFINE_bool("multihost", False,
+                                       "Call jax.distributed.initialize() first.")
+    self.coordinator = flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0 (with --multihost, off-cluster).")
+    self.num_processes = flags.DEFINE_integer("num_processes", None,
+                                              "Process count (with --multihost).")
+    self.process_id = flags.DEFINE_integer("process_id", None,
+                                           "This process's index (with --multihost).")
+
+  def initialize(self) -> None:
+    """Joins the job (with --multihost) and logs this process's devices."""
+    from gmseg import parallel  # pylint: disable=g-import-not-at-top  (jax: lazy)
+    import jax  # pylint: disable=g-import-not-at-top
+    parallel.init_distributed(self.multihost.value, self.coordinator.value,
+                              self.num_processes.value, self.process_id.value)
+    logging.info("Process %d of %d, %d local of %d devices (%s).", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.devices()[0].platform)
+
+
 def run(main: Callable[[list[str]], Optional[int]]) -> None:
   """`absl.app.run(main)` with gmseg's error and output handling (see module doc)."""
 

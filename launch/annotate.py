@@ -12,23 +12,18 @@ Several processes (one per host): add --multihost; on a managed cluster
 --profile_steps=10:15 writes a jax.profiler trace of iterations 10..14 to
 <workdir>/profile/ (TensorBoard's profile tab).
 """
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 from ml_collections import config_flags
 
 from gmseg import annotate
 from gmseg import cli
-from gmseg import parallel
 from gmseg import profiling
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                          lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumed when it has a checkpoint).")
-MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
-COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                  "host:port of process 0 (with --multihost, off-cluster).")
-NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Process count (with --multihost).")
-PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --multihost).")
+MULTIHOST = cli.MultihostFlags()  # "multihost": launch/multihost.sh can start it
 PROFILE_STEPS = flags.DEFINE_string(
     "profile_steps", "", "START:STOP: trace iterations START..STOP-1 with jax.profiler "
     "into <workdir>/profile/ (TensorBoard's profile tab); empty: no trace.")
@@ -39,11 +34,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
   profile_steps = profiling.parse_window(PROFILE_STEPS.value)
-  parallel.init_distributed(MULTIHOST.value, COORDINATOR.value, NUM_PROCESSES.value,
-                            PROCESS_ID.value)
-  logging.info("Process %d of %d, %d local of %d devices (%s).", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+  MULTIHOST.initialize()
   result = annotate.train_and_evaluate(CONFIG.value, WORKDIR.value, profile_steps=profile_steps)
   if jax.process_index() == 0:
     print(result["table"], flush=True)
