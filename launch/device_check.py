@@ -25,6 +25,8 @@ BATCHES = flags.DEFINE_list("batches", ["2", "8"], "Global batch sizes to time."
 DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute_dtype values to time.")
 PROGRAMS = flags.DEFINE_list("programs", list(device_check.PROGRAMS), "Steps to time.")
 REPS = flags.DEFINE_integer("reps", 3, "Timed runs per step (after one warm-up run).")
+CHECKS = flags.DEFINE_list("checks", list(device_check.CHECKS),
+                           "Steps compared between N devices and one.")
 BUDGET = flags.DEFINE_float("budget_s", 420.0,
                             "Timing setups starting after this many seconds are skipped.")
 
@@ -33,7 +35,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
   result = device_check.run(SMALL.value, [int(b) for b in BATCHES.value], DTYPES.value,
-                            PROGRAMS.value, REPS.value, BUDGET.value)
+                            PROGRAMS.value, REPS.value, BUDGET.value, CHECKS.value)
   print(json.dumps(result))
   if not result["ok"]:
     sys.exit(1)

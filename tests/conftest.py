@@ -35,6 +35,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # started last would run alone at the end.
 LONGEST_FIRST = (
     "test_teacher_recovery.py",  # ~190
+    "test_precision.py",         # ~160 cold cache, loaded (device-check subprocess ~70)
     "test_annotate.py",          # ~150
     "test_data_parallel.py",     # ~100 (a 4-device subprocess after the 1-device run)
     "test_steps.py",             # ~95
