@@ -53,3 +53,27 @@ def test_builder(tmp_path):
   np.testing.assert_array_equal(train[3]["label"], label)
   test = common.read_split(builder, "test", tmp_path)
   assert len(test) == 32 and test[0]["id"] == f"{rf.TEST_SEED_OFFSET:08d}"
+
+
+_PREPARE = """
+import sys
+from gmseg.data import common
+from gmseg.data import rendered_faces as rf
+b = rf.RenderedFaces(config="n64_r32", data_dir=sys.argv[1], file_format="array_record")
+print(len(common.read_split(b, "test", sys.argv[1])))
+"""
+
+
+def test_concurrent_prepare(tmp_path):
+  """Two processes building the same missing dataset into one data_dir (a
+  multi-host job's first run on a shared disk) both read it: the prepare
+  lock makes the second wait (without it, tfds' writes collided)."""
+  import subprocess
+  import sys
+  procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+  assert [out.split()[-1] for out, _ in outs] == ["32", "32"]
+  assert (tmp_path / ".gmseg_prepare.lock").exists()

@@ -16,6 +16,7 @@ each example may have its own size, and tfds encodes/decodes it with PIL
 Each dataset module also exposes `DATASETS: dict[str, DatasetSpec]`, which
 `gmseg.data.registry` merges, and builds examples with `example(...)`.
 """
+import contextlib
 import dataclasses
 import io
 import os
@@ -207,8 +208,33 @@ def prepare(builder, data_dir: os.PathLike | str, *,
                     "gmseg.data.registry.builder(name, data_dir) or pipeline.load_split.")
   if isinstance(builder, type):
     builder = builder(data_dir=os.fspath(data_dir), file_format=FILE_FORMAT)
-  builder.download_and_prepare(download_config=download_config(manual_dir))
+  with _prepare_lock(data_dir):
+    builder.download_and_prepare(download_config=download_config(manual_dir))
+  if not builder.info.splits:
+    # Another process built it while this one waited: the info this builder
+    # read at construction predates it.
+    builder.info.read_from_directory(builder.data_dir)
   return builder
+
+
+@contextlib.contextmanager
+def _prepare_lock(data_dir: os.PathLike | str):
+  """Holds an exclusive lock on `<data_dir>/.gmseg_prepare.lock`.
+
+  The processes of a multi-host job (or several runs on one machine) start
+  together and would all build a missing dataset into the same folder at
+  once; tfds' own writes then collide. With the lock the first one builds it
+  and the others wait, then find it prepared. flock is per machine on local
+  disks (each host builds its own copy) and a POSIX lock on NFS.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, ".gmseg_prepare.lock"), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def read_split(builder, split: str, data_dir: os.PathLike | str, *,
