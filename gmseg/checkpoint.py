@@ -395,7 +395,8 @@ def restore_subtree(directory, path: Sequence[Any] = ("seg_params",),
     path: keys from the state root: dataclass field / dict key names, and
       integer positions inside tuples (optax states), e.g. ("opt_state", 0).
     step: default latest.
-    device: default `jax.devices()[0]`.
+    device: default `jax.local_devices()[0]` (this process's first device: in a
+      multi-process job `jax.devices()[0]` belongs to process 0).
     verify: check the subtree's checksums and finiteness.
   Raises:
     CheckpointDamagedError when the step does not read or fails the checks
@@ -427,7 +428,7 @@ def restore_subtree(directory, path: Sequence[Any] = ("seg_params",),
       keys = list(sub.keys()) if isinstance(sub, dict) else f"{len(sub)} entries"
       raise KeyError(f"Path {tuple(path[:i + 1])} is not in the saved state; "
                      f"at {tuple(path[:i])} there are: {keys}.") from None
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   path = tuple(path)
 
   def leaf_target(key_path, meta):
