@@ -63,6 +63,7 @@ from gmseg.data import pipeline
 BEST_KEY = "fg_miou"
 GRID_SAMPLES = 8
 _GRID_TAG = 0x67726964  # folded into the seed for the fixed grid latents
+_RESTART_TAG = 0x72737472  # folded into the seed for S's restart initialisations
 
 
 def labelled_arrays(config) -> dict[str, np.ndarray]:
@@ -141,10 +142,17 @@ def summarize_metrics(history: list[tuple]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for _, m in host if k in m])) for k in keys}
 
 
+def restart_due(step: int, tc) -> bool:
+  """Whether S is re-initialised before iteration `step`
+  (`train.seg_restart_every`; never at step 0)."""
+  every = int(tc.get("seg_restart_every", 0))
+  return every > 0 and step > 0 and step % every == 0
+
+
 def host_action_due(step: int, tc) -> bool:
   """Whether the loop stops on the host after `step` finished iterations
-  (log, evaluation, checkpoint, grid, or the end)."""
-  return step == tc.steps or any(step % tc[k] == 0 for k in (
+  (log, evaluation, checkpoint, grid, S restart, or the end)."""
+  return step == tc.steps or restart_due(step, tc) or any(step % tc[k] == 0 for k in (
       "log_every", "eval_every", "ckpt_every", "grid_every"))
 
 
@@ -312,6 +320,21 @@ def _train_and_evaluate(config, workdir: pathlib.Path,
     write_grids(workdir, step, sampler.batch(step), images, probs, writer,
                 pal=viz.palette_for(config.class_names))
 
+  restart_init = jax.jit(lambda gp, key: state_lib.fresh_segmenter(method, gp, key))
+  restart_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _RESTART_TAG)
+
+  def restart_segmenter(r_state, step):
+    # A fresh S (and optimiser state) from a key of the step alone, so a run
+    # resumed at a restart step restarts exactly as an uninterrupted one.
+    params, stats, opt_state = restart_init(gen.params, jax.random.fold_in(restart_key, step))
+    params, stats = build.pretrained_segmenter(config.segmenter, params, stats)
+    single = parallel.unreplicate(r_state).replace(
+        seg_params=params, seg_stats=stats, seg_opt_state=opt_state)
+    if is_main:
+      logging.info("step %d: S restarted (train.seg_restart_every=%d).", step,
+                   tc.seg_restart_every)
+    return parallel.replicate(single)
+
   pending = []  # (step, device metrics[, n]) not yet checked and written
 
   def flush():
@@ -327,6 +350,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path,
     if step < tc.steps:
       grids(step)
     while step < tc.steps:
+      if restart_due(step, tc):
+        r_state = restart_segmenter(r_state, step)
       profiler.at(step)
       metrics = {}
       ann_due, seg_due = step % tc.ann_every == 0, step % tc.seg_every == 0

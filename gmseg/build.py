@@ -172,6 +172,8 @@ def method(config, gen: generators.Generator, devices: int = 1) -> state_lib.Met
       grad_path=m.get("grad_path", "batch"), seg_bn=m.get("seg_bn", "per_example"),
       ann_step_seg_stats=config.train.get("ann_step_seg_stats", "frozen"),
       class_weights=_class_weights(config),
+      # .get: configs saved before this key existed weighted the labelled loss only.
+      class_weights_on=m.get("class_weights_on", "labelled"),
       # .get: configs saved before these keys existed ran float32, no remat.
       compute_dtype=config.get("compute_dtype", "float32"), remat=m.get("remat", "none"))
 

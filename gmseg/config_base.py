@@ -103,6 +103,9 @@ def get_base() -> ml_collections.ConfigDict:
       # Per-class weights of the labelled loss behind the target gradient
       # (beyond the paper, e.g. small face parts up-weighted); () = none (paper).
       "class_weights": (),
+      # Which losses carry class_weights: 'labelled' (the target gradient's
+      # only) | 'both' (also the synthetic soft cross-entropy being matched).
+      "class_weights_on": "labelled",
       # S's mean gradients in the annotator step: 'batch' (one grad of the
       # batch loss; exact, fast) | 'per_example' (vmap(grad), then the mean).
       "grad_path": "batch",
@@ -155,6 +158,10 @@ def get_base() -> ml_collections.ConfigDict:
       # ours) | 'update' (moved by the labelled then the synthetic pass, as the
       # paper's code, which runs S in training mode; needs seg_bn=across_batch).
       "ann_step_seg_stats": "frozen",
+      # Beyond the paper: re-initialise S (and its optimiser state) before
+      # every n-th iteration, so A is matched against young segmenters
+      # (0 = never; the paper trains one S along the whole loop).
+      "seg_restart_every": 0,
       # Iterations run as one program (one dispatch) between host actions
       # (log, eval, checkpoint, grid); same results, bitwise. 1 = one dispatch
       # per iteration. Used when ann_every = seg_every = 1.
@@ -246,14 +253,14 @@ PAPER_SETTINGS = {
     "matching.row_reduction": "mean",
     "matching.tensor_reduction": "mean",
     "matching.vectors": "zero",
-    "matching.class_weights": (),
+    "matching.class_weights": (), "matching.class_weights_on": "labelled",
     "gen_resize": "nearest",
     "ann_optim.name": "sgd", "ann_optim.lr": 1e-3, "ann_optim.momentum": 0.9,
     "ann_optim.warmup": 0, "ann_optim.schedule": "constant",
     "seg_optim.name": "sgd", "seg_optim.lr": 1e-3, "seg_optim.momentum": 0.9,
     "seg_optim.warmup": 0, "seg_optim.schedule": "constant",
     "batch.labelled": 2, "batch.synthetic": 2, "batch.segmenter": 2,
-    "train.ann_every": 1, "train.seg_every": 1,
+    "train.ann_every": 1, "train.seg_every": 1, "train.seg_restart_every": 0,
     "train.eval_every": 4_000, "train.ckpt_every": 4_000,   # snapshots for selection
     "downstream.num_images": 10_000, "downstream.filter": "none",
     "downstream.epochs": 20, "downstream.batch": 8,

@@ -8,16 +8,22 @@ import jax.numpy as jnp
 IGNORE = 255
 
 
-def soft_cross_entropy(logits: jax.Array, probs: jax.Array) -> jax.Array:
-  """Mean over pixels of `sum_c -p_c log softmax(logits)_c`.
+def soft_cross_entropy(logits: jax.Array, probs: jax.Array,
+                       weights: Optional[jax.Array] = None) -> jax.Array:
+  """Mean over pixels of `sum_c -w_c p_c log softmax(logits)_c`.
 
   Args:
     logits: segmenter logits `[..., H, W, C]`.
     probs: soft labels `[..., H, W, C]` (rows sum to 1).
+    weights: optional `[C]` per-class weights (beyond the paper; w = 1 when
+      None). With one-hot `probs` this is `hard_cross_entropy` with the same
+      weights and no ignored pixel.
   Returns:
     scalar loss.
   """
   logp = jax.nn.log_softmax(logits, axis=-1)
+  if weights is not None:
+    logp = logp * jnp.asarray(weights, logp.dtype)
   return -jnp.mean(jnp.sum(probs * logp, axis=-1))
 
 

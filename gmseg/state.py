@@ -21,6 +21,7 @@ from gmseg.typing import Params, PyTree
 GRAD_PATHS = ("batch", "per_example")
 SEG_BN = ("across_batch", "per_example")
 SEG_STATS = ("frozen", "update")
+WEIGHTS_ON = ("labelled", "both")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # jax.checkpoint policies by name (steps.REMAT_POLICIES holds the objects).
 REMAT = ("none", "nothing_saveable", "dots_saveable",
@@ -75,6 +76,8 @@ class Method:
       synthetic forward pass, as the paper's code does in training mode).
     class_weights: per-class weights of the labelled loss that gives the
       target gradient (beyond the paper; () = none, the paper).
+    class_weights_on: 'labelled' (only that loss is weighted) or 'both' (the
+      synthetic soft cross-entropy in the matching is weighted alike).
     compute_dtype: dtype of the training steps' forward passes of G, A and
       S ('float32' | 'bfloat16'). Parameters, optimiser states, losses,
       gradients and the matching distance stay float32: parameters and
@@ -102,13 +105,15 @@ class Method:
   seg_bn: str = "across_batch"
   ann_step_seg_stats: str = "frozen"
   class_weights: tuple[float, ...] = ()
+  class_weights_on: str = "labelled"
   compute_dtype: str = "float32"
   remat: str = "none"
 
   def __post_init__(self):
     for name, allowed in (("grad_path", GRAD_PATHS), ("seg_bn", SEG_BN),
                           ("ann_step_seg_stats", SEG_STATS),
-                          ("compute_dtype", COMPUTE_DTYPES), ("remat", REMAT)):
+                          ("compute_dtype", COMPUTE_DTYPES), ("remat", REMAT),
+                          ("class_weights_on", WEIGHTS_ON)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r}; use one of {allowed}.")
     if self.ann_step_seg_stats == "update" and (
@@ -136,16 +141,7 @@ def init_state(method: Method, gen_params: Params, seed: int) -> TrainState:
     gen_params: the generator's parameters.
     seed: base seed; its key is split for A, S and the per-step randomness.
   """
-  def example(gen_params):
-    z = jnp.zeros((1, method.z_dim), jnp.float32)
-    images, feats = method.gen_fn(gen_params, z, jax.random.PRNGKey(0))
-    probs = jnp.zeros(images.shape[:3] + (method.annotator.num_classes,))
-    if method.transform is not None:
-      images, probs = method.transform(images, probs)
-    return images, feats
-
-  shapes = jax.eval_shape(example, gen_params)
-  images, feats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  images, feats = _example_inputs(method, gen_params)
   k_a, k_s, k_run = jax.random.split(jax.random.PRNGKey(seed), 3)
   ann_params, ann_stats = init_variables(method.annotator, k_a, feats)
   seg_params, seg_stats = init_variables(method.segmenter, k_s, images)
@@ -155,6 +151,29 @@ def init_state(method: Method, gen_params: Params, seed: int) -> TrainState:
       ann_opt_state=method.ann_tx.init(ann_params),
       seg_params=seg_params, seg_stats=seg_stats,
       seg_opt_state=method.seg_tx.init(seg_params))
+
+
+def _example_inputs(method: Method, gen_params):
+  """Zero (images as S sees them `[1, h, w, 3]`, generator features) of the
+  shapes one generator sample gives (traced, not run)."""
+  def example(gen_params):
+    z = jnp.zeros((1, method.z_dim), jnp.float32)
+    images, feats = method.gen_fn(gen_params, z, jax.random.PRNGKey(0))
+    probs = jnp.zeros(images.shape[:3] + (method.annotator.num_classes,))
+    if method.transform is not None:
+      images, probs = method.transform(images, probs)
+    return images, feats
+
+  shapes = jax.eval_shape(example, gen_params)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def fresh_segmenter(method: Method, gen_params, key: jax.Array):
+  """A newly initialised phase-one segmenter: (params, batch_stats, optimiser
+  state) from `key` (for restarts of S along phase one)."""
+  images, _ = _example_inputs(method, gen_params)
+  params, stats = init_variables(method.segmenter, key, images)
+  return params, stats, method.seg_tx.init(params)
 
 
 def segmenter_state(module: nn.Module, rng: jax.Array, image_shape, tx,

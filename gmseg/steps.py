@@ -284,8 +284,13 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
   logits, ann_stats = annotate(method, ann_params, state.ann_stats, feats,
                                images.shape[1:3], train=True)
   x, p = _with_transform(method, images, jax.nn.softmax(logits, axis=-1))
-  g_syn, seg_stats = _segmenter_grads(method, state, losses.soft_cross_entropy,
-                                      x, p, local[3], axis_name)
+  # class_weights_on='both': the synthetic loss carries the labelled loss's
+  # class weights, so the distance is smallest at labels of the real parts'
+  # sizes ('labelled' alone rewards painting weighted parts larger).
+  weights = (jnp.asarray(method.class_weights)
+             if method.class_weights and method.class_weights_on == "both" else None)
+  loss_fn = lambda logits, probs: losses.soft_cross_entropy(logits, probs, weights)
+  g_syn, seg_stats = _segmenter_grads(method, state, loss_fn, x, p, local[3], axis_name)
   dist = matching.matching_distance(
       g_syn, g_real, method.metric, method.row_reduction,
       method.tensor_reduction, method.vectors)

@@ -58,8 +58,10 @@ def env(tmp_path_factory):
 
 
 def _command(workdir, *extra):
+  # S restarts at the checkpoint steps 5, 10, 15, so the kill/resume pair
+  # resumes at a restart (train.seg_restart_every; a function of the step).
   return [sys.executable, str(LAUNCH), "--config=configs/tiny.py",
-          f"--workdir={workdir}", *extra]
+          "--config.train.seg_restart_every=5", f"--workdir={workdir}", *extra]
 
 
 def _popen(cmd, env, log):
@@ -183,6 +185,7 @@ def test_kill_and_resume_is_bitwise(full_run, runs):
   code, log, _ = runs["restart"]
   assert code == 0, log[-5000:]
   assert "Resuming at step" in log
+  assert "step 15: S restarted" in log and "step 15: S restarted" in full_run[1]
   # metrics.jsonl holds one history (rows after the restored step were dropped).
   assert [r["step"] for r in metric_writers.read_jsonl(workdir, prefix="train")] == [5, 10, 15, 20]
   assert [r["step"] for r in metric_writers.read_jsonl(workdir, prefix="val")] == [10, 20]
@@ -261,7 +264,8 @@ def test_two_processes(full_run, env):
   # coordinator flags to each of the two processes.
   proc = subprocess.run(
       ["bash", str(REPO / "launch" / "multihost.sh"), "local", "2", "--", str(LAUNCH),
-       "--config=configs/tiny.py", f"--workdir={workdir}"],
+       "--config=configs/tiny.py", "--config.train.seg_restart_every=5",
+       f"--workdir={workdir}"],
       cwd=REPO, env=dict(e, GMSEG_PYTHON=sys.executable, GMSEG_PORT=str(_free_port()),
                          GMSEG_LOG_DIR=str(logs)),
       capture_output=True, text=True, timeout=600)

@@ -109,6 +109,16 @@ def test_class_weights_in_the_labelled_loss_by_hand():
   np.testing.assert_allclose(plain, -(np.log(0.5) + np.log(0.9)) / 2, rtol=1e-6)
   weighted = float(losses.hard_cross_entropy(logits, labels, weights=jnp.array([1.0, 4.0])))
   np.testing.assert_allclose(weighted, -(4 * np.log(0.5) + np.log(0.9)) / 2, rtol=1e-6)
+  # The synthetic side (class_weights_on='both'): soft labels, same weights;
+  # one-hot labels give the weighted hard loss.
+  probs = jnp.array([[[[0.0, 1.0], [0.25, 0.75]]]])
+  soft = float(losses.soft_cross_entropy(logits, probs, weights=jnp.array([1.0, 4.0])))
+  np.testing.assert_allclose(
+      soft, -(4 * np.log(0.5) + 0.25 * np.log(0.9) + 3 * np.log(0.1)) / 2, rtol=1e-6)
+  one_hot = jax.nn.one_hot(labels, 2)
+  np.testing.assert_allclose(
+      float(losses.soft_cross_entropy(logits, one_hot, weights=jnp.array([1.0, 4.0]))),
+      weighted, rtol=1e-6)
   c = _config("faces", "num=2")
   c.matching.class_weights = (1.0, 2.0)
   with pytest.raises(ValueError, match="class_weights has 2 values for 6 classes"):

@@ -111,6 +111,10 @@ def test_dispatch_length_stops_at_host_actions_and_resumes_alike():
   # A run resumed at checkpoint 10 runs the chunks the uninterrupted one ran.
   assert _chunks(10, tc) == [c for c in chunks if c[0] >= 10]
   assert annotate.dispatch_length(0, _train(ann_every=2)) == 1
+  # S restarts (before iterations 7, 14) end chunks too; never at step 0.
+  restarts = _train(seg_restart_every=7)
+  assert [s for s in range(21) if annotate.restart_due(s, restarts)] == [7, 14]
+  assert (6, 1) in _chunks(0, restarts) and (7, 3) in _chunks(0, restarts)
   assert annotate.dispatch_length(0, _train(steps_per_dispatch=1)) == 1
 
 
