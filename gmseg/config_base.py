@@ -178,6 +178,10 @@ def get_base() -> ml_collections.ConfigDict:
       # Beyond the paper: labels = mean of the last n saved annotator snapshots'
       # soft labels (gmseg.label_sources.annotator_mean; experiments pass it). Paper: 1.
       "label_snapshots": 1,
+      # Beyond the paper: weight w of the self-training labels (the supervised
+      # k-shot segmenter's softmax) in phase two's labels, (1 - w) annotator +
+      # w self-training (gmseg.label_sources.mixture; experiments pass it). Paper: 0.
+      "label_mix": 0.0,
       "epochs": 20,
       "batch": 8,
       "optim": ml_collections.ConfigDict({"name": "adam", "lr": 1e-3, "momentum": 0.9}),
@@ -263,6 +267,7 @@ PAPER_SETTINGS = {
     "train.ann_every": 1, "train.seg_every": 1, "train.seg_restart_every": 0,
     "train.eval_every": 4_000, "train.ckpt_every": 4_000,   # snapshots for selection
     "downstream.num_images": 10_000, "downstream.filter": "none",
+    "downstream.label_snapshots": 1, "downstream.label_mix": 0.0,
     "downstream.epochs": 20, "downstream.batch": 8,
     "downstream.optim.name": "adam", "downstream.optim.lr": 1e-3,
     "downstream.segmenter": "",

@@ -11,7 +11,9 @@ whatever the source, so the controls differ from LAGM only in their labels:
                    the generated images (pseudo-labels);
   'label_free'     the untrained annotator LAGM starts from (phase one's
                    initialisation for the config's seed): pre-training on
-                   generated images with labels that owe nothing to matching.
+                   generated images with labels that owe nothing to matching;
+  'mixture'        beyond the paper: a weighted mean of other sources' soft
+                   labels (e.g. the annotator and the self-training model).
 
 `LabelSource.fn(method, params, images, feats) -> (x, probs)`: `images` are
 the generator's `[B, H, W, 3]` in [-1, 1], `feats` its features; `x` the
@@ -33,7 +35,7 @@ from gmseg import restore
 from gmseg import state as state_lib
 from gmseg import steps
 
-SOURCES = ("annotator", "annotator_mean", "self_training", "label_free")
+SOURCES = ("annotator", "annotator_mean", "self_training", "label_free", "mixture")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,8 @@ class LabelSource:
   """A label source (see the module docstring).
 
   Attributes:
-    name: one of SOURCES (recorded in generation.json).
+    name: one of SOURCES (recorded in generation.json); a mixture's names
+      its parts and weights.
     fn: `(method, params, images, feats) -> (x, probs)`; jitted by the caller.
     members: tuple of parameter pytrees for `fn` (the first labels).
     annotator_steps: the annotator snapshots of `members` (annotator source
@@ -116,3 +119,26 @@ def segmenter(config, seg_workdir, step: Union[str, int] = "latest",
     return x, jax.nn.softmax(logits, axis=-1)
 
   return LabelSource(name, fn, ((params, stats),))
+
+
+def mixture(sources, weights) -> LabelSource:
+  """The weighted mean of `sources`' soft labels (weights sum to 1).
+
+  One member holding every source's first member, so the filters see one
+  labeller; the images are the first source's (every source applies the
+  same `method.transform`).
+  """
+  sources, weights = tuple(sources), tuple(float(w) for w in weights)
+  if len(sources) != len(weights) or not sources:
+    raise ValueError(f"mixture: {len(sources)} sources but {len(weights)} weights.")
+  if min(weights) < 0 or abs(sum(weights) - 1.0) > 1e-6:
+    raise ValueError(f"mixture weights {weights} must be >= 0 and sum to 1.")
+
+  def fn(method, member, images, feats):
+    outs = [src.fn(method, m, images, feats) for src, m in zip(sources, member)]
+    return outs[0][0], sum(w * p for w, (_, p) in zip(weights, outs))
+
+  steps_ = [s for src in sources for s in src.annotator_steps]
+  # The weights are in the name, so generation.json tells mixtures apart.
+  name = "mixture(" + " + ".join(f"{w:g}*{src.name}" for src, w in zip(sources, weights)) + ")"
+  return LabelSource(name, fn, (tuple(src.members[0] for src in sources),), steps_)

@@ -132,3 +132,23 @@ def test_annotator_mean_averages_the_snapshots_soft_labels(runs, tmp_path):
   np.testing.assert_allclose(np.asarray(probs), (each[0] + each[1]) / 2, atol=1e-6)
   assert np.mean(each[0].argmax(-1) != each[1].argmax(-1)) > 0.1  # the snapshots differ
   assert (source.name, source.annotator_steps) == ("annotator_mean", [3, 4])
+
+
+def test_mixture_is_the_weighted_mean_of_the_sources_labels(runs):
+  # Beyond the paper (downstream.label_mix): annotator and self-training labels.
+  run = runs["run"]
+  ann = label_sources.annotator(restore.checkpoint_dir(runs["annotate_dir"]), [4])
+  seg = label_sources.segmenter(runs["config"], runs["annotate_dir"], "latest")
+  mix = label_sources.mixture([ann, seg], [0.25, 0.75])
+  method, gen = run["method"], run["gen"]
+  images, feats = method.gen_fn(gen.params, *_latents(runs))
+  x, probs = mix.fn(method, mix.members[0], images, feats)
+  each = [np.asarray(src.fn(method, src.members[0], images, feats)[1]) for src in (ann, seg)]
+  np.testing.assert_allclose(np.asarray(probs), 0.25 * each[0] + 0.75 * each[1], atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(x), np.asarray(ann.fn(
+      method, ann.members[0], images, feats)[0]))
+  assert np.mean(each[0].argmax(-1) != each[1].argmax(-1)) > 0.1  # the sources differ
+  assert mix.name == "mixture(0.25*annotator + 0.75*self_training)"
+  assert mix.annotator_steps == [4]
+  with pytest.raises(ValueError, match="sum to 1"):
+    label_sources.mixture([ann, seg], [0.5, 0.6])

@@ -190,6 +190,26 @@ def snapshot_mean(config, run_dir):
   return label_sources.annotator_mean(restore.checkpoint_dir(run_dir, "annotate"), saved[-n:])
 
 
+def lagm_source(config, run_dir, supervised_dir):
+  """Phase two's label source of a LAGM run: the latest annotator (None), the
+  snapshot mean (`downstream.label_snapshots`), and with `downstream.
+  label_mix` = w > 0 (beyond the paper) their (1 - w) : w mixture with the
+  supervised k-shot segmenter's labels."""
+  source = snapshot_mean(config, run_dir)
+  w = float(config.downstream.get("label_mix", 0.0))
+  if w <= 0:
+    return source
+  if source is None:
+    from gmseg import checkpoint  # pylint: disable=g-import-not-at-top
+    ckpt = checkpoint.Checkpointer(restore.checkpoint_dir(run_dir, "annotate"),
+                                   async_save=False)
+    latest = ckpt.latest_step()
+    ckpt.close()
+    source = label_sources.annotator(restore.checkpoint_dir(run_dir, "annotate"), [latest])
+  teacher = label_sources.segmenter(config, supervised_dir, "latest")
+  return label_sources.mixture([source, teacher], [1.0 - w, w])
+
+
 def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
   """Runs LAGM and the baselines; returns {'rows', 'table', 'grids'}.
 
@@ -214,7 +234,8 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
 
   def lagm(name, cfg, run_dir, with_curve=False, teacher=None):
     annotate.train_and_evaluate(cfg, run_dir, teacher=teacher)
-    downstream.run(cfg, run_dir, annotator_step="latest", source=snapshot_mean(cfg, run_dir))
+    downstream.run(cfg, run_dir, annotator_step="latest",
+                   source=lagm_source(cfg, run_dir, workdir / "supervised"))
     mixed = int(cfg.downstream.get("mix_labelled", 0)) > 0
     add(f"{name} {'+ labelled mixed ' if mixed else ''}(downstream S)", run_dir, "downstream",
         cfg)
@@ -234,7 +255,8 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
       add(f"{name} + labelled", downstream.finetune_dir(run_dir), "annotate", config)
 
   warm = warm_start.wanted(config)
-  if warm or "supervised" in baselines or "self_training" in baselines:
+  mixed_labels = float(config.downstream.get("label_mix", 0.0)) > 0
+  if warm or mixed_labels or "supervised" in baselines or "self_training" in baselines:
     supervised.train(config, workdir / "supervised")  # resumes: trained once
   # The warm start's teacher is the supervised k-shot segmenter (gmseg.warm_start).
   lagm("LAGM", config, workdir / "lagm", with_curve=True, teacher=(
