@@ -200,12 +200,8 @@ def lagm_source(config, run_dir, supervised_dir):
   if w <= 0:
     return source
   if source is None:
-    from gmseg import checkpoint  # pylint: disable=g-import-not-at-top
-    ckpt = checkpoint.Checkpointer(restore.checkpoint_dir(run_dir, "annotate"),
-                                   async_save=False)
-    latest = ckpt.latest_step()
-    ckpt.close()
-    source = label_sources.annotator(restore.checkpoint_dir(run_dir, "annotate"), [latest])
+    ckpt_dir = restore.checkpoint_dir(run_dir, "annotate")
+    source = label_sources.annotator(ckpt_dir, [restore.resolve_step(ckpt_dir, "latest")])
   teacher = label_sources.segmenter(config, supervised_dir, "latest")
   return label_sources.mixture([source, teacher], [1.0 - w, w])
 
