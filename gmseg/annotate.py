@@ -38,6 +38,7 @@ the labelled batch (Sampler(process_index, process_count)); only process 0
 writes metrics, grids, config.json and logs, while every process takes part
 in (collective) checkpoint saves.
 """
+import dataclasses
 import pathlib
 from typing import Any, Optional
 
@@ -209,7 +210,8 @@ def train_and_evaluate(config, workdir,
     profile_steps: `(a, b)`: a jax.profiler trace of iterations a..b-1 in
       `workdir/profile/` (gmseg.profiling; process 0 only).
     teacher: a `label_sources.LabelSource` for the warm start (`warm_start.*`,
-      gmseg.warm_start; applied to a fresh run only, before iteration 0).
+      gmseg.warm_start; applied to a fresh run only, before iteration 0) and
+      the anchor of the annotator's loss (`matching.anchor` > 0).
   Returns:
     {'step': final step, 'final': validation scores at the end,
      'best': the best validation scores (with their 'step'), 'table': text}.
@@ -218,6 +220,26 @@ def train_and_evaluate(config, workdir,
   profiling.check_window(profile_steps, config.train.steps)
   with workdir_lib.hold(workdir):
     return _train_and_evaluate(config, pathlib.Path(workdir), profile_steps, teacher)
+
+
+def with_anchor(config, method: state_lib.Method, teacher) -> state_lib.Method:
+  """`method` with the teacher's labels as the anchor of the annotator's loss
+  when `matching.anchor` > 0 (beyond the paper; see `steps.matching_loss`).
+
+  The teacher's parameters are closed over: constants of the compiled
+  iteration, the same on every device.
+  """
+  weight = float(config.matching.get("anchor", 0.0))
+  if weight <= 0:
+    return method
+  if teacher is None:
+    raise ValueError(f"matching.anchor={weight} needs a teacher: pass train_and_evaluate(..., "
+                     "teacher=...) (gmseg.label_sources; the faces job passes the supervised "
+                     "k-shot segmenter), or set matching.anchor=0.")
+  member = teacher.members[0]
+  return dataclasses.replace(method, anchor_weight=weight,
+                             anchor=lambda images, feats: teacher.fn(method, member, images,
+                                                                     feats)[1])
 
 
 def check_resume(config, ckpt: checkpoint.Checkpointer, workdir) -> None:
@@ -260,7 +282,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path,
 
   gen = build.generator(config)
   # Per-device batches: the global batch over every device of every process.
-  method = build.method(config, gen, devices=jax.device_count())
+  method = with_anchor(config, build.method(config, gen, devices=jax.device_count()), teacher)
   labelled = labelled_arrays(config)
   val = val_arrays(config)
   sampler = pipeline.Sampler(labelled, config.batch.labelled, config.seed,

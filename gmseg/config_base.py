@@ -106,6 +106,11 @@ def get_base() -> ml_collections.ConfigDict:
       # Which losses carry class_weights: 'labelled' (the target gradient's
       # only) | 'both' (also the synthetic soft cross-entropy being matched).
       "class_weights_on": "labelled",
+      # Beyond the paper: weight of an anchor term in the annotator's loss,
+      # matching distance + anchor * soft cross-entropy of the annotator's
+      # labels against a teacher's (the supervised k-shot segmenter in the
+      # faces job) on the annotator step's samples; 0 = none (the paper).
+      "anchor": 0.0,
       # S's mean gradients in the annotator step: 'batch' (one grad of the
       # batch loss; exact, fast) | 'per_example' (vmap(grad), then the mean).
       "grad_path": "batch",
@@ -258,6 +263,7 @@ PAPER_SETTINGS = {
     "matching.tensor_reduction": "mean",
     "matching.vectors": "zero",
     "matching.class_weights": (), "matching.class_weights_on": "labelled",
+    "matching.anchor": 0.0,
     "gen_resize": "nearest",
     "ann_optim.name": "sgd", "ann_optim.lr": 1e-3, "ann_optim.momentum": 0.9,
     "ann_optim.warmup": 0, "ann_optim.schedule": "constant",
@@ -348,3 +354,9 @@ def check(config) -> None:
     if not ok:
       raise ConfigError(f"{key}.lr={lr!r}: a learning rate must be a finite number > 0 "
                         f"(the paper's: 1e-3); pass e.g. --config.{key}.lr=1e-3.")
+  anchor = _lookup(config, "matching")
+  anchor = None if anchor is None else anchor.get("anchor", 0.0)
+  if anchor is not None and not (isinstance(anchor, (int, float)) and not isinstance(anchor, bool)
+                                 and math.isfinite(anchor) and anchor >= 0):
+    raise ConfigError(f"matching.anchor={anchor!r}: the anchor weight must be a finite number "
+                      ">= 0 (0 = the paper's loss); pass e.g. --config.matching.anchor=0.1.")

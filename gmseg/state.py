@@ -78,6 +78,11 @@ class Method:
       target gradient (beyond the paper; () = none, the paper).
     class_weights_on: 'labelled' (only that loss is weighted) or 'both' (the
       synthetic soft cross-entropy in the matching is weighted alike).
+    anchor: optional teacher `(images, features) -> soft labels [B, h, w, C]`
+      (after `transform`), closed over with its parameters (beyond the paper).
+    anchor_weight: the annotator's loss is the matching distance plus
+      `anchor_weight` times the soft cross-entropy of its labels against
+      `anchor`'s on the same samples (0 = the paper's loss).
     compute_dtype: dtype of the training steps' forward passes of G, A and
       S ('float32' | 'bfloat16'). Parameters, optimiser states, losses,
       gradients and the matching distance stay float32: parameters and
@@ -106,6 +111,8 @@ class Method:
   ann_step_seg_stats: str = "frozen"
   class_weights: tuple[float, ...] = ()
   class_weights_on: str = "labelled"
+  anchor: Optional[Callable[[jax.Array, tuple], jax.Array]] = None
+  anchor_weight: float = 0.0
   compute_dtype: str = "float32"
   remat: str = "none"
 
@@ -123,6 +130,9 @@ class Method:
           "statistics of the whole labelled / synthetic batch; it needs "
           "seg_bn='across_batch' and grad_path='batch' (got seg_bn="
           f"{self.seg_bn!r}, grad_path={self.grad_path!r}).")
+    if self.anchor_weight < 0 or (self.anchor_weight > 0 and self.anchor is None):
+      raise ValueError(f"anchor_weight={self.anchor_weight} needs anchor_weight >= 0 and, "
+                       "when > 0, a teacher `anchor` (set matching.anchor=0 for none).")
 
 
 def init_variables(module: nn.Module, rng: jax.Array, *inputs) -> tuple[Params, PyTree]:

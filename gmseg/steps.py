@@ -273,9 +273,15 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
     g_real: the target gradient from `labelled_grads`.
     generated: optional (images, features) of this step's latents, as
       `generate_for_step` returns them (else G runs here).
+  With `method.anchor_weight` > 0 (beyond the paper) the loss adds that
+  weight times the soft cross-entropy of the annotator's labels against the
+  teacher's (`method.anchor`, detached) on the same samples: matching
+  refines the teacher's labels instead of walking away from them.
+
   Returns:
-    (distance, (new annotator batch_stats, synthetic gradient, S's
-    batch_stats after the synthetic pass)).
+    (loss, (new annotator batch_stats, synthetic gradient, S's batch_stats
+    after the synthetic pass, {'match': distance, 'anchor': cross-entropy
+    (0 without an anchor)})).
   """
   _, local = _step_keys(state, _ANN, 4, axis_name)
   if generated is None:
@@ -294,7 +300,12 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
   dist = matching.matching_distance(
       g_syn, g_real, method.metric, method.row_reduction,
       method.tensor_reduction, method.vectors)
-  return dist, (ann_stats, g_syn, seg_stats)
+  anchor = jnp.zeros((), jnp.float32)
+  if method.anchor_weight > 0:
+    target = lax.stop_gradient(method.anchor(images, feats).astype(jnp.float32))
+    anchor = -jnp.mean(jnp.sum(target * jnp.log(p.astype(jnp.float32) + 1e-8), axis=-1))
+  loss = dist + method.anchor_weight * anchor
+  return loss, (ann_stats, g_syn, seg_stats, {"match": dist, "anchor": anchor})
 
 
 def annotator_step(state: TrainState, batch: dict, gen_params, *,
@@ -317,17 +328,19 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   # With ann_step_seg_stats='update' the synthetic pass starts from the
   # statistics the labelled pass left (the paper's order); else nothing moves.
   seen = state.replace(seg_stats=seg_stats) if method.ann_step_seg_stats == "update" else state
-  (dist, (ann_stats, g_syn, seg_stats)), grads = jax.value_and_grad(
+  (_, (ann_stats, g_syn, seg_stats, parts)), grads = jax.value_and_grad(
       matching_loss, has_aux=True)(state.ann_params, seen, g_real, gen_params,
                                    method=method, axis_name=axis_name,
                                    generated=generated)
   params, opt_state, metrics = _apply_grads(
       grads, state.ann_params, state.ann_opt_state, method.ann_tx, axis_name, "ann")
   metrics.update({
-      "ann/match_loss": dist,
+      "ann/match_loss": parts["match"],
       "ann/g_real_norm": matching.global_norm(g_real),
       "ann/g_syn_norm": matching.global_norm(g_syn),
   })
+  if method.anchor_weight > 0:
+    metrics["ann/anchor_loss"] = parts["anchor"]
   state = state.replace(ann_params=params, ann_opt_state=opt_state,
                         ann_stats=_pmean(ann_stats, axis_name))
   if method.ann_step_seg_stats == "update":

@@ -139,3 +139,63 @@ def test_mix_labelled_fills_the_batch_with_augmented_labelled_images(tmp_path):
   c.downstream.mix_labelled = 8
   with pytest.raises(ValueError, match="mix_labelled=8 leaves no place"):
     downstream._mixer(c)  # pylint: disable=protected-access
+
+
+def test_anchored_matching_loss_adds_the_weighted_teacher_cross_entropy(tiny_annotate):
+  # matching.anchor (issue 18): loss = distance + w * CE(teacher, annotator),
+  # checked against the two terms differentiated separately by plain autodiff.
+  import dataclasses
+  from gmseg import annotate, config_base
+  from conftest import perturbed
+  method, s, gen = tiny_annotate["method"], tiny_annotate["state"], tiny_annotate["gen"]
+  teacher_params = perturbed(s.seg_params, 3, 0.1)
+
+  def anchor(images, feats):
+    del feats
+    logits, _ = steps.apply_model(method.segmenter, teacher_params, s.seg_stats, images,
+                                  train=False)
+    return jax.nn.softmax(logits, axis=-1)
+
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32),
+           "label": rng.integers(0, 6, (2, 16, 16)).astype(np.uint8)}
+  g_real = steps.labelled_grads(s, batch, method=method)
+  weight = 0.3
+  anchored = dataclasses.replace(method, anchor=anchor, anchor_weight=weight)
+  loss_and_grad = jax.value_and_grad(steps.matching_loss, has_aux=True)
+  (plain, _), g_plain = loss_and_grad(s.ann_params, s, g_real, gen.params, method=method)
+  (total, aux), g_total = loss_and_grad(s.ann_params, s, g_real, gen.params, method=anchored)
+
+  images, feats = steps._generate_ann(method, s, gen.params, None)
+
+  def cross_entropy(ann_params):
+    logits, _ = steps.annotate(method, ann_params, s.ann_stats, feats, images.shape[1:3],
+                               train=True)
+    x, p = steps._with_transform(method, images, jax.nn.softmax(logits, axis=-1))
+    return -jnp.mean(jnp.sum(anchor(x, feats) * jnp.log(p + 1e-8), axis=-1))
+
+  ce, g_ce = jax.value_and_grad(cross_entropy)(s.ann_params)
+  assert float(ce) > 0.5  # a random teacher disagrees: the term is not trivially 0
+  np.testing.assert_allclose(aux[3]["match"], plain, rtol=1e-6)
+  np.testing.assert_allclose(aux[3]["anchor"], ce, rtol=1e-5)
+  np.testing.assert_allclose(total, plain + weight * ce, rtol=1e-5)
+  expected = jax.tree.map(lambda a, b: a + weight * b, g_plain, g_ce)
+  for got, want, extra in zip(jax.tree.leaves(g_total), jax.tree.leaves(expected),
+                              jax.tree.leaves(g_ce)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
+  assert max(float(jnp.abs(e).max()) for e in jax.tree.leaves(g_ce)) > 1e-4
+  _, metrics = jax.jit(lambda st, b: steps.annotator_step(st, b, gen.params, method=anchored))(
+      s, batch)
+  np.testing.assert_allclose(metrics["ann/anchor_loss"], ce, rtol=1e-5)
+
+  # Bad settings name the key and the fix.
+  with pytest.raises(ValueError, match="a teacher `anchor`"):
+    dataclasses.replace(method, anchor_weight=0.1)
+  c = ml_collections.ConfigDict(tiny_annotate["config"].to_dict())
+  c.matching.anchor = -1.0
+  with pytest.raises(config_base.ConfigError, match="matching.anchor=-1.0"):
+    config_base.check(c)
+  c.matching.anchor = 0.1
+  with pytest.raises(ValueError, match="matching.anchor=0.1 needs a teacher"):
+    annotate.with_anchor(c, method, None)
+  assert annotate.with_anchor(tiny_annotate["config"], method, None) is method

@@ -250,13 +250,16 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
     if int(config.downstream.get("finetune_steps", 0)) > 0:
       add(f"{name} + labelled", downstream.finetune_dir(run_dir), "annotate", config)
 
-  warm = warm_start.wanted(config)
+  # The warm start's teacher and the matching loss's anchor are the
+  # supervised k-shot segmenter (gmseg.warm_start, matching.anchor).
+  needs_teacher = (warm_start.wanted(config)
+                   or float(config.matching.get("anchor", 0.0)) > 0)
   mixed_labels = float(config.downstream.get("label_mix", 0.0)) > 0
-  if warm or mixed_labels or "supervised" in baselines or "self_training" in baselines:
+  if needs_teacher or mixed_labels or "supervised" in baselines or "self_training" in baselines:
     supervised.train(config, workdir / "supervised")  # resumes: trained once
-  # The warm start's teacher is the supervised k-shot segmenter (gmseg.warm_start).
   lagm("LAGM", config, workdir / "lagm", with_curve=True, teacher=(
-      label_sources.segmenter(config, workdir / "supervised", "latest") if warm else None))
+      label_sources.segmenter(config, workdir / "supervised", "latest")
+      if needs_teacher else None))
   if "supervised" in baselines:
     add("supervised", workdir / "supervised", "annotate", config)
   if "self_training" in baselines:

@@ -61,7 +61,7 @@ def _labels_diff(p32: jax.Array, p16: jax.Array) -> dict:
 def _one_step(method, state, batch, gen_params):
   """(g_real, g_syn, matching loss, annotator grads, soft labels) at `state`."""
   g_real = steps.labelled_grads(state, batch, method=method)
-  (dist, (_, g_syn, _)), grads = jax.value_and_grad(steps.matching_loss, has_aux=True)(
+  (dist, (_, g_syn, _, _)), grads = jax.value_and_grad(steps.matching_loss, has_aux=True)(
       state.ann_params, state, g_real, gen_params, method=method)
   return g_real, g_syn, dist, grads
 
