@@ -59,6 +59,9 @@ DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = $TFDS_DATA_D
                                "~/tensorflow_datasets).")
 BASELINES = flags.DEFINE_list("baselines", list(faces.BASELINES),
                               f"Baselines to run, from {faces.BASELINES}.")
+RESCORE = flags.DEFINE_bool("rescore", False,
+                            "Also pass finished runs through the harness again: their stages "
+                            "resume at the end, so only the evaluation reruns (new sets).")
 TIMING = flags.DEFINE_bool("timing", False, "First time the A, S and supervised steps.")
 TIMING_REPS = flags.DEFINE_integer("timing_reps", 10, "Timed rounds per step.")
 TIMING_K = flags.DEFINE_integer("timing_k", 5, "Labelled faces loaded for the timing run.")
@@ -87,7 +90,8 @@ def main(argv):
     if ks and seeds:  # the sweep takes long: show the timing now
       print(benchmark.timing_markdown(result), "\n", flush=True)
   if ks and seeds:
-    benchmark.sweep(WORKDIR.value, ks, seeds, baselines=BASELINES.value, **common)
+    benchmark.sweep(WORKDIR.value, ks, seeds, baselines=BASELINES.value,
+                    rescore=RESCORE.value, **common)
   else:  # timing only: the report holds the header and the timing table
     benchmark.write_report(WORKDIR.value, None, benchmark.header())
   print((pathlib.Path(WORKDIR.value) / "benchmark.md").read_text())

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from conftest import shared_path
+from gmseg import build
 from gmseg.experiments import faces
 from gmseg.metric_writers import read_jsonl
 
@@ -29,6 +30,9 @@ def _faces_config(manual_dir, data_dir):
   c.segmenter.widths = (8, 8, 16, 16, 16)
   c.train.update(log_every=3, eval_every=6, ckpt_every=6, grid_every=6)
   c.downstream.update(gen_batch=8, epochs=1, batch=8)
+  # The anchored matching loss (issue 18): the supervised baseline is LAGM's
+  # teacher; the rendered-labels run has none and runs without it.
+  c.matching.anchor = 0.1
   return c
 
 
@@ -46,10 +50,16 @@ def test_tiny_faces_pipeline(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in row["iou"])
     assert (tmp_path / "run" / "grids").joinpath(pathlib.Path(out["grids"][name]).name).stat().st_size > 0
   # Every row is scored on the frontal test faces and on the V3 validation faces.
-  assert json.loads((tmp_path / "run" / "results.json").read_text())["sets"] == {"test": 50,
-                                                                                 "val": 182}
+  # and on the 18 frontal02 train faces the 2-shot rows never trained on.
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["sets"] == {
+      "test": 50, "val": 182, "holdout": 18}
   for name, row in out["rows"].items():
-    assert 0.0 <= row["val"]["fg_miou"] <= 1.0 and len(row["val"]["iou"]) == 6, name
+    for held in ("val", "holdout"):
+      assert 0.0 <= row[held]["fg_miou"] <= 1.0 and len(row[held]["iou"]) == 6, (name, held)
+  holdout = faces.holdout_arrays(config)
+  labelled = build.split_arrays(config, "train", limit=2)  # annotate.labelled_arrays' faces
+  assert len(labelled["id"]) == 2 and not set(holdout["id"]) & set(labelled["id"])
+  assert "Held-out labelled-split faces" in (tmp_path / "run" / "results.md").read_text()
   assert [p["step"] for p in out["curves"]["LAGM"]] == [6]
   assert (tmp_path / "run" / "curve.png").stat().st_size > 0
   # The supervised baseline learns something about skin from 2 faces in 6 steps:
@@ -62,6 +72,9 @@ def test_tiny_faces_pipeline(tmp_path):
     assert (run / sub / "downstream" / "grids" / "dataset.png").is_file()
     records = read_jsonl(run / sub / "metrics.jsonl", prefix="train")
     assert records and all(np.isfinite(r["ann/match_loss"]) for r in records)
+    # Anchored to the supervised baseline's labels in LAGM only.
+    assert all(("ann/anchor_loss" in r) == (sub == "lagm") for r in records), sub
+    assert all(r.get("ann/anchor_loss", 1.0) > 0 for r in records)
     assert all(0.0 <= r["ann/match_loss"] <= 2.0 for r in records)
   # The controls label LAGM's phase-two latents with their own source.
   for sub, source in (("lagm", "annotator"), ("self_training", "self_training"),

@@ -59,15 +59,46 @@ def rendered_config(config) -> ml_collections.ConfigDict:
   c.data.eval_transform = build.eval_transform(config)
   c.data.dataset = "rendered_faces"
   c.data.transform = "resize"
+  # The teacher-based levers (warm start, anchor, label mixture) use the
+  # segmenter trained on the k real faces: a rendered-labels run has none.
+  c.matching.anchor = 0.0
+  c.downstream.label_mix = 0.0
+  if "warm_start" in c:
+    c.warm_start.update(distill_steps=0, segmenter=False)
   return c
 
 
+def holdout_arrays(config):
+  """The labelled split's faces after the first `data.num_labelled` (which
+  no row trains on), prepared as the evaluation faces; None when there are
+  none or the labelled set is not from the evaluation dataset.
+
+  In configs/faces.py: frontal02 train faces k+1..20, other people than the
+  test faces' but photographed alike: a frontal validation set, so choices
+  that must hold on frontal faces are made without the test faces.
+
+  Returns:
+    {'image': `[N, R, R, 3]` in [-1, 1], 'label': `[N, R, R]`, 'id': `[N]`} or None.
+  """
+  d = config.data
+  if d.num_labelled <= 0 or d.dataset != build.eval_dataset(config):
+    return None
+  arrays = build.split_arrays(config, d.labelled_split, transform=build.eval_transform(config))
+  if len(arrays["image"]) <= d.num_labelled:
+    return None
+  return {k: v[d.num_labelled:] for k, v in arrays.items()}
+
+
 def eval_sets(config) -> dict:
-  """{'test': frontal test faces, 'val': validation faces (when another set)},
-  each {'image': `[N, R, R, 3]` in [-1, 1], 'label': `[N, R, R]`}."""
+  """{'test': frontal test faces, 'val': validation faces (when another set),
+  'holdout': the labelled split's unused faces (`holdout_arrays`, when
+  any)}, each {'image': `[N, R, R, 3]` in [-1, 1], 'label': `[N, R, R]`}."""
   sets = {"test": build.eval_arrays(config, config.data.test_split)}
   if not build.test_is_val(config):
     sets["val"] = build.val_arrays(config)
+  holdout = holdout_arrays(config)
+  if holdout is not None:
+    sets["holdout"] = holdout
   return sets
 
 
@@ -140,8 +171,8 @@ def score(workdir, which: str, config, sets: dict, grid_path) -> dict:
     which: 'annotate' (phase-one or baseline S) or 'downstream'.
     sets: see `eval_sets`.
   Returns:
-    pacc, miou, fg_miou, iou (list) on sets['test'], and 'val': the same on
-    sets['val'] when present.
+    pacc, miou, fg_miou, iou (list) on sets['test'], and under each other
+    set's name ('val', 'holdout') the same on that set.
   """
   module, params, stats = restore.restore_segmenter(workdir, which, "latest", config)
   scores = score_params(module, params, stats, config, sets)
@@ -155,18 +186,17 @@ def score(workdir, which: str, config, sets: dict, grid_path) -> dict:
                                     viz.colorize(test["label"][:GRID_FACES], pal),
                                     viz.colorize(pred, pal)]))
   row = dict(scores["test"])
-  if "val" in scores:
-    row["val"] = scores["val"]
+  row.update({name: r for name, r in scores.items() if name != "test"})
   return row
 
 
 def table(rows: dict, class_names: Sequence[str], which: str = "test") -> str:
   """Markdown table: method, pACC, mIoU, FG-mIoU and per-class IoU (x100) on
-  the test faces (which='test') or the validation faces ('val')."""
+  the test faces (which='test') or another set ('val', 'holdout')."""
   head = ["method", "pACC", "mIoU", "FG-mIoU", *class_names[1:]]
   out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, row in rows.items():
-    r = row if which == "test" else row.get("val")
+    r = row if which == "test" else row.get(which)
     if r is None:
       continue
     vals = [r["pacc"], r["miou"], r["fg_miou"], *r["iou"][1:]]
@@ -190,13 +220,18 @@ def snapshot_mean(config, run_dir):
   return label_sources.annotator_mean(restore.checkpoint_dir(run_dir, "annotate"), saved[-n:])
 
 
+def _label_mix(config) -> float:
+  # .get: configs saved before the key existed used the annotator alone.
+  return float(config.downstream.get("label_mix", 0.0))
+
+
 def lagm_source(config, run_dir, supervised_dir):
   """Phase two's label source of a LAGM run: the latest annotator (None), the
   snapshot mean (`downstream.label_snapshots`), and with `downstream.
   label_mix` = w > 0 (beyond the paper) their (1 - w) : w mixture with the
   supervised k-shot segmenter's labels."""
   source = snapshot_mean(config, run_dir)
-  w = float(config.downstream.get("label_mix", 0.0))
+  w = _label_mix(config)
   if w <= 0:
     return source
   if source is None:
@@ -250,12 +285,12 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
     if int(config.downstream.get("finetune_steps", 0)) > 0:
       add(f"{name} + labelled", downstream.finetune_dir(run_dir), "annotate", config)
 
-  # The warm start's teacher and the matching loss's anchor are the
-  # supervised k-shot segmenter (gmseg.warm_start, matching.anchor).
+  # The supervised k-shot segmenter is the warm start's teacher, the matching
+  # loss's anchor (matching.anchor) and part of the label mixture (label_mix).
   needs_teacher = (warm_start.wanted(config)
                    or float(config.matching.get("anchor", 0.0)) > 0)
-  mixed_labels = float(config.downstream.get("label_mix", 0.0)) > 0
-  if needs_teacher or mixed_labels or "supervised" in baselines or "self_training" in baselines:
+  if (needs_teacher or _label_mix(config) > 0 or "supervised" in baselines
+      or "self_training" in baselines):
     supervised.train(config, workdir / "supervised")  # resumes: trained once
   lagm("LAGM", config, workdir / "lagm", with_curve=True, teacher=(
       label_sources.segmenter(config, workdir / "supervised", "latest")
@@ -275,6 +310,10 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
   if "val" in sets:
     text += (f"\n\nValidation faces ({build.val_dataset(config)} {config.data.val_split}):"
              "\n\n" + table(rows, config.class_names, "val"))
+  if "holdout" in sets:
+    text += (f"\n\nHeld-out labelled-split faces ({config.data.dataset} "
+             f"{config.data.labelled_split} after the first {config.data.num_labelled}; "
+             "frontal validation):\n\n" + table(rows, config.class_names, "holdout"))
   (workdir / "results.md").write_text(text + "\n")
   (workdir / "curve.json").write_text(json.dumps(curves, indent=1))
   for name, points in curves.items():
