@@ -39,7 +39,7 @@ from absl import app, flags
 
 from gmseg import cli
 from gmseg import workdir
-from gmseg.experiments import benchmark, config_files, faces
+from gmseg.experiments import benchmark, config_files, faces, finetune_curve
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Benchmark folder (runs and reports).")
 CONFIG_FILE = flags.DEFINE_string("config_file", str(config_files.DEFAULT_CONFIG),
@@ -62,6 +62,9 @@ BASELINES = flags.DEFINE_list("baselines", list(faces.BASELINES),
 RESCORE = flags.DEFINE_bool("rescore", False,
                             "Also pass finished runs through the harness again: their stages "
                             "resume at the end, so only the evaluation reruns (new sets).")
+FINETUNE_CURVE = flags.DEFINE_list(
+    "finetune_curve", [], "After the sweep, score every '+ labelled' row after these numbers "
+    "of fine-tuning updates (gmseg.experiments.finetune_curve), e.g. 100,200,300,600.")
 TIMING = flags.DEFINE_bool("timing", False, "First time the A, S and supervised steps.")
 TIMING_REPS = flags.DEFINE_integer("timing_reps", 10, "Timed rounds per step.")
 TIMING_K = flags.DEFINE_integer("timing_k", 5, "Labelled faces loaded for the timing run.")
@@ -95,6 +98,10 @@ def main(argv):
   else:  # timing only: the report holds the header and the timing table
     benchmark.write_report(WORKDIR.value, None, benchmark.header())
   print((pathlib.Path(WORKDIR.value) / "benchmark.md").read_text())
+  if FINETUNE_CURVE.value:
+    configs = {(k, s): benchmark.faces_config(k, s, **common) for k in ks for s in seeds}
+    print(finetune_curve.sweep(WORKDIR.value, configs, _ints("finetune_curve",
+                                                             FINETUNE_CURVE.value)))
 
 
 if __name__ == "__main__":
