@@ -13,7 +13,7 @@ import numpy as np
 
 from conftest import shared_path
 from gmseg import build
-from gmseg.experiments import faces
+from gmseg.experiments import faces, finetune_curve
 from gmseg.metric_writers import read_jsonl
 
 _CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -29,7 +29,7 @@ def _faces_config(manual_dir, data_dir):
   c.annotator.num_layers = 2
   c.segmenter.widths = (8, 8, 16, 16, 16)
   c.train.update(log_every=3, eval_every=6, ckpt_every=6, grid_every=6)
-  c.downstream.update(gen_batch=8, epochs=1, batch=8)
+  c.downstream.update(gen_batch=8, epochs=1, batch=8, finetune_steps=4)
   # The anchored matching loss (issue 18): the supervised baseline is LAGM's
   # teacher; the rendered-labels run has none and runs without it.
   c.matching.anchor = 0.1
@@ -40,9 +40,11 @@ def test_tiny_faces_pipeline(tmp_path):
   fasseg_dir = shared_path("data", "fasseg")
   config = _faces_config(fasseg_dir, tmp_path / "tfds")
   out = faces.run(config, tmp_path / "run")
-  names = ["LAGM (downstream S)", "LAGM (phase-one S)", "supervised",
-           "self-training (downstream S)", "label-free (downstream S)",
-           "rendered labels (downstream S)", "rendered labels (phase-one S)"]
+  names = ["LAGM (downstream S)", "LAGM (phase-one S)", "LAGM + labelled", "supervised",
+           "self-training (downstream S)", "self-training + labelled",
+           "label-free (downstream S)", "label-free + labelled",
+           "rendered labels (downstream S)", "rendered labels (phase-one S)",
+           "rendered labels + labelled"]
   assert list(out["rows"]) == names
   for name, row in out["rows"].items():
     assert 0.0 <= row["fg_miou"] <= 1.0 and 0.0 <= row["pacc"] <= 1.0, name
@@ -87,6 +89,19 @@ def test_tiny_faces_pipeline(tmp_path):
   # Its labelled faces are resized, its evaluation faces cropped as every row's.
   assert (rendered_cfg["data"]["transform"], rendered_cfg["data"]["eval_transform"]) == (
       "resize", "square_crop")
+  # The fine-tuning curve, stopped and resumed at 2 updates, ends at the rows'
+  # 4-update scores.
+  curve = finetune_curve.run(config, run, (2, 4))
+  assert set(curve) == {"LAGM + labelled", "self-training + labelled", "label-free + labelled"}
+  for name, per_length in curve.items():
+    assert set(per_length) == {2, 4}
+    for set_name in ("test", "val", "holdout"):
+      got = per_length[4][set_name]
+      want = out["rows"][name] if set_name == "test" else out["rows"][name][set_name]
+      np.testing.assert_allclose(got["iou"], want["iou"], rtol=1e-5, atol=1e-6)
+  lagm_val = curve["LAGM + labelled"]
+  assert (f"| k | LAGM + labelled | {100 * lagm_val[2]['val']['fg_miou']:.1f} | "
+          f"{100 * lagm_val[4]['val']['fg_miou']:.1f} |") in finetune_curve.markdown({"k": curve})
   table = (run / "results.md").read_text()
   assert all(n in table for n in names)
   assert json.loads((run / "results.json").read_text())["num_labelled"] == 2
