@@ -62,6 +62,9 @@ BASELINES = flags.DEFINE_list("baselines", list(faces.BASELINES),
 RESCORE = flags.DEFINE_bool("rescore", False,
                             "Also pass finished runs through the harness again: their stages "
                             "resume at the end, so only the evaluation reruns (new sets).")
+ROWS_FROM = flags.DEFINE_string(
+    "rows_from", None, "A benchmark folder whose cells supply the rows this one's lack (same "
+    "k and seed): a lever run of LAGM only, reported beside the sweep's controls.")
 FINETUNE_CURVE = flags.DEFINE_list(
     "finetune_curve", [], "After the sweep, score every '+ labelled' row after these numbers "
     "of fine-tuning updates (gmseg.experiments.finetune_curve), e.g. 100,200,300,600.")
@@ -94,7 +97,7 @@ def main(argv):
       print(benchmark.timing_markdown(result), "\n", flush=True)
   if ks and seeds:
     benchmark.sweep(WORKDIR.value, ks, seeds, baselines=BASELINES.value,
-                    rescore=RESCORE.value, **common)
+                    rescore=RESCORE.value, rows_from=ROWS_FROM.value, **common)
   else:  # timing only: the report holds the header and the timing table
     benchmark.write_report(WORKDIR.value, None, benchmark.header())
   print((pathlib.Path(WORKDIR.value) / "benchmark.md").read_text())

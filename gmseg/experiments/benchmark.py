@@ -108,7 +108,7 @@ def sweep(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS, *,
           overrides: Sequence[str] = (), manual_dir: str = "", data_dir: str = "",
           baselines: Sequence[str] = faces.BASELINES,
           config_file=config_files.DEFAULT_CONFIG,
-          command: Optional[str] = None, rescore: bool = False) -> dict:
+          command: Optional[str] = None, rescore: bool = False, rows_from=None) -> dict:
   """Runs the missing (k, seed) runs, then aggregates every finished one.
 
   A run counts as done when its results.json exists (its own stages also
@@ -155,8 +155,8 @@ def sweep(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS, *,
       (out / RUN_INFO).write_text(json.dumps(
           {"wall_s": time.perf_counter() - start, "date": _now(),
            "config": config.to_dict()}, indent=1, default=str))
-    write_report(workdir, aggregate(workdir, ks, seeds), head, failures)
-  agg = aggregate(workdir, ks, seeds)
+    write_report(workdir, aggregate(workdir, ks, seeds, rows_from), head, failures)
+  agg = aggregate(workdir, ks, seeds, rows_from)
   write_report(workdir, agg, head, failures)
   if failures:
     raise RuntimeError(f"{len(failures)} run(s) failed: {sorted(failures)}; see the "
@@ -192,8 +192,13 @@ def row_metrics(row: dict, class_names: Sequence[str]) -> dict:
   return out
 
 
-def aggregate(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS) -> dict:
+def aggregate(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS,
+              rows_from=None) -> dict:
   """Scores per method and k over the seeds whose results.json exists.
+
+  `rows_from`: another benchmark folder (e.g. the sweep's) whose cells
+  supply the rows this folder's cells lack, seed by seed: a lever run that
+  reran only LAGM is compared with the sweep's controls of the same seeds.
 
   Returns:
     {'metrics': {metric: {method: {k: {'mean', 'std', 'n', 'values': {seed: value}}}}},
@@ -211,7 +216,12 @@ def aggregate(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS) -> 
         continue
       result = json.loads(path.read_text())
       names = result.get("class_names", ())
-      for method, row in result["rows"].items():
+      rows = dict(result["rows"])
+      other = run_dir(rows_from, k, s) / "results.json" if rows_from else None
+      if other is not None and other.is_file():
+        for method, row in json.loads(other.read_text())["rows"].items():
+          rows.setdefault(method, row)
+      for method, row in rows.items():
         for metric, value in row_metrics(row, names).items():
           table.setdefault(metric, {}).setdefault(method, {}).setdefault(k, {})[s] = value
       if (out / RUN_INFO).is_file():
@@ -224,7 +234,8 @@ def aggregate(workdir, ks: Sequence[int] = KS, seeds: Sequence[int] = SEEDS) -> 
              for metric, per_method in table.items()}
   return {"metrics": metrics, "fg_miou": metrics.get("fg_miou", {}),
           "wall_s": {k: float(np.mean(v)) for k, v in walls.items()},
-          "missing": missing, "ks": list(ks), "seeds": list(seeds)}
+          "missing": missing, "ks": list(ks), "seeds": list(seeds),
+          "rows_from": str(rows_from) if rows_from else None}
 
 
 def small_parts_table(agg: dict, prefix: str = "") -> str:
@@ -341,6 +352,9 @@ def write_report(workdir, agg: Optional[dict], head: dict,
            f"jax {m['jax']}, backend {m['backend']}, devices {', '.join(m['devices'])}", "",
            f"Date: {head['date']}", ""]
   if agg is not None:
+    if agg.get("rows_from"):
+      lines += [f"Rows this folder's runs lack come from {agg['rows_from']} (same k and "
+                "seeds).", ""]
     lines += ["## FG-mIoU (x100) on the 50 FASSEG frontal02 test faces, mean ± population "
               f"std over seeds {agg['seeds']}", "", markdown_table(agg), ""]
     if "val/fg_miou" in agg.get("metrics", {}):
