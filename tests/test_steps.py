@@ -166,7 +166,7 @@ def test_batch_path_equals_mean_of_per_example_grads():
     mp = _with(m, grad_path=path)
     g_real = jax.jit(functools.partial(steps.labelled_grads, method=mp))(s, batch)
     fn = lambda p: steps.matching_loss(p, s, g_real, gen_params, method=mp)
-    (dist, (_, g_syn, _)), g_ann = jax.jit(jax.value_and_grad(fn, has_aux=True))(s.ann_params)
+    (dist, (_, g_syn, _, _)), g_ann = jax.jit(jax.value_and_grad(fn, has_aux=True))(s.ann_params)
     out[path] = (g_real, g_syn, matching.flatten(g_ann), dist)
   (r_b, s_b, a_b, d_b), (r_p, s_p, a_p, d_p) = out["batch"], out["per_example"]
   assert _rel(r_b, r_p) < 1e-5 and _rel(s_b, s_p) < 1e-5 and _rel(a_b, a_p) < 1e-5
