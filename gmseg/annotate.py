@@ -222,6 +222,12 @@ def train_and_evaluate(config, workdir,
     return _train_and_evaluate(config, pathlib.Path(workdir), profile_steps, teacher)
 
 
+def anchor_weight(config) -> float:
+  """`matching.anchor` (0 = the paper's loss)."""
+  # .get: configs saved before the key existed had no anchor.
+  return float(config.matching.get("anchor", 0.0))
+
+
 def with_anchor(config, method: state_lib.Method, teacher) -> state_lib.Method:
   """`method` with the teacher's labels as the anchor of the annotator's loss
   when `matching.anchor` > 0 (beyond the paper; see `steps.matching_loss`).
@@ -229,7 +235,7 @@ def with_anchor(config, method: state_lib.Method, teacher) -> state_lib.Method:
   The teacher's parameters are closed over: constants of the compiled
   iteration, the same on every device.
   """
-  weight = float(config.matching.get("anchor", 0.0))
+  weight = anchor_weight(config)
   if weight <= 0:
     return method
   if teacher is None:

@@ -354,8 +354,7 @@ def check(config) -> None:
     if not ok:
       raise ConfigError(f"{key}.lr={lr!r}: a learning rate must be a finite number > 0 "
                         f"(the paper's: 1e-3); pass e.g. --config.{key}.lr=1e-3.")
-  anchor = _lookup(config, "matching")
-  anchor = None if anchor is None else anchor.get("anchor", 0.0)
+  anchor = _lookup(config, "matching.anchor")
   if anchor is not None and not (isinstance(anchor, (int, float)) and not isinstance(anchor, bool)
                                  and math.isfinite(anchor) and anchor >= 0):
     raise ConfigError(f"matching.anchor={anchor!r}: the anchor weight must be a finite number "

@@ -27,6 +27,14 @@ def soft_cross_entropy(logits: jax.Array, probs: jax.Array,
   return -jnp.mean(jnp.sum(probs * logp, axis=-1))
 
 
+def distillation_cross_entropy(probs: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean over pixels of `sum_c -t_c log(p_c + 1e-8)`: soft cross-entropy of
+  a labeller's probabilities `probs` against a teacher's `target` (both
+  `[..., H, W, C]`; detach `target` first), for labels that exist only as
+  probabilities (an annotator's after a joint transform). Returns a scalar."""
+  return -jnp.mean(jnp.sum(target * jnp.log(probs + 1e-8), axis=-1))
+
+
 def hard_cross_entropy(logits: jax.Array, labels: jax.Array,
                        ignore_index: int = IGNORE,
                        count: Optional[jax.Array] = None,

@@ -303,7 +303,7 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
   anchor = jnp.zeros((), jnp.float32)
   if method.anchor_weight > 0:
     target = lax.stop_gradient(method.anchor(images, feats).astype(jnp.float32))
-    anchor = -jnp.mean(jnp.sum(target * jnp.log(p.astype(jnp.float32) + 1e-8), axis=-1))
+    anchor = losses.distillation_cross_entropy(p.astype(jnp.float32), target)
   loss = dist + method.anchor_weight * anchor
   return loss, (ann_stats, g_syn, seg_stats, {"match": dist, "anchor": anchor})
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from gmseg import label_sources
+from gmseg import losses
 from gmseg import state as state_lib
 
 _TAG = 0x3A4  # folded into the seed: distillation latents differ from phase one's
@@ -34,7 +35,7 @@ def distill_loss(ann_params, ann_stats, teacher_params, gen_params, key, *,
   images, feats = method.gen_fn(gen_params, z, k_noise)
   _, target = teacher_fn(method, teacher_params, images, feats)
   _, probs = label_sources.annotator_labels(method, (ann_params, ann_stats), images, feats)
-  return -jnp.mean(jnp.sum(jax.lax.stop_gradient(target) * jnp.log(probs + 1e-8), axis=-1))
+  return losses.distillation_cross_entropy(probs, jax.lax.stop_gradient(target))
 
 
 def distill_step(ann_params, opt_state, ann_stats, teacher_params, gen_params, key, *,

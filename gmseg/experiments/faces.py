@@ -287,8 +287,7 @@ def run(config, workdir, baselines: Sequence[str] = BASELINES) -> dict:
 
   # The supervised k-shot segmenter is the warm start's teacher, the matching
   # loss's anchor (matching.anchor) and part of the label mixture (label_mix).
-  needs_teacher = (warm_start.wanted(config)
-                   or float(config.matching.get("anchor", 0.0)) > 0)
+  needs_teacher = warm_start.wanted(config) or annotate.anchor_weight(config) > 0
   if (needs_teacher or _label_mix(config) > 0 or "supervised" in baselines
       or "self_training" in baselines):
     supervised.train(config, workdir / "supervised")  # resumes: trained once

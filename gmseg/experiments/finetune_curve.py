@@ -20,7 +20,7 @@ from typing import Sequence
 from absl import logging
 
 from gmseg import downstream, restore, supervised
-from gmseg.experiments import faces
+from gmseg.experiments import benchmark, faces
 
 # Phase-two folders of a faces cell and their "+ labelled" row names.
 RUNS = {"lagm": "LAGM + labelled", "self_training": "self-training + labelled",
@@ -94,7 +94,7 @@ def sweep(workdir, configs: dict, lengths: Sequence[int]) -> str:
   workdir = pathlib.Path(workdir)
   curves = {}
   for (k, seed), config in configs.items():
-    cell = workdir / f"k{k}_s{seed}"
+    cell = benchmark.run_dir(workdir, k, seed)
     if (cell / "results.json").is_file():
       curves[cell.name] = run(config, cell, lengths)
   text = ""
