@@ -662,17 +662,22 @@ def finetune_dir(workdir) -> pathlib.Path:
   return directory(workdir) / "finetune"
 
 
-def finetune(config, workdir) -> dict:
+def finetune(config, workdir, num_steps: Optional[int] = None, out_dir=None) -> dict:
   """Beyond the paper: fine-tunes the downstream segmenter (latest epoch) on
   the k labelled images for `downstream.finetune_steps` updates, as the
   supervised baseline trains (gmseg.supervised: `seg_optim`, augmentation,
   `batch.labelled`). "LAGM + labelled": do LAGM's samples add to the k faces?
 
+  Args:
+    num_steps: updates; None = `downstream.finetune_steps`.
+    out_dir: the fine-tuning run's folder; None = `finetune_dir(workdir)`.
+      Calling again with more steps and the same folder resumes that run
+      (gmseg.experiments.finetune_curve scores it along the way).
   Returns:
-    {} when finetune_steps is 0, else supervised.train's summary. The result
-    is scored with `restore.restore_segmenter(finetune_dir(workdir), 'annotate')`.
+    {} when the number of steps is 0, else supervised.train's summary. The
+    result is scored with `restore.restore_segmenter(out_dir, 'annotate')`.
   """
-  n = int(config.downstream.get("finetune_steps", 0))
+  n = int(config.downstream.get("finetune_steps", 0) if num_steps is None else num_steps)
   if n <= 0:
     return {}
   if (json.dumps(restore.segmenter_config(config, "downstream").to_dict(), sort_keys=True)
@@ -681,7 +686,8 @@ def finetune(config, workdir) -> dict:
                      "config; set downstream.segmenter='' (same as segmenter).")
   from gmseg import supervised  # pylint: disable=g-import-not-at-top
   _, params, stats = restore.restore_segmenter(workdir, "downstream", "latest", config)
-  return supervised.train(config, finetune_dir(workdir), num_steps=n, init=(params, stats))
+  out_dir = finetune_dir(workdir) if out_dir is None else out_dir
+  return supervised.train(config, out_dir, num_steps=n, init=(params, stats))
 
 
 def run(config, workdir, annotator_step: Union[str, int] = "best",

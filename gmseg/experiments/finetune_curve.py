@@ -2,8 +2,8 @@
 
 `run(config, cell, lengths)` fine-tunes the downstream segmenter of each of
 a faces cell's phase-two runs (LAGM and the label-source controls: the
-folders `faces.run` wrote) on the k labelled faces, exactly as
-`downstream.finetune` does, in a folder of its own
+folders `faces.run` wrote) on the k labelled faces, with
+`downstream.finetune` itself, in a folder of its own
 (`<run>/downstream/finetune_curve`), stopping at every length in `lengths`
 to score the segmenter on the cell's evaluation sets (`faces.eval_sets`:
 frontal test, V3, held-out frontal faces). Each stop resumes the previous
@@ -19,7 +19,7 @@ from typing import Sequence
 
 from absl import logging
 
-from gmseg import downstream, restore, supervised
+from gmseg import downstream, restore
 from gmseg.experiments import benchmark, faces
 
 # Phase-two folders of a faces cell and their "+ labelled" row names.
@@ -50,11 +50,10 @@ def run(config, cell, lengths: Sequence[int]) -> dict:
     run_dir = cell / folder
     if not (downstream.directory(run_dir) / "checkpoints").is_dir():
       continue
-    _, params, stats = restore.restore_segmenter(run_dir, "downstream", "latest", config)
     work = downstream.directory(run_dir) / FOLDER
     out[row] = {}
     for n in lengths:
-      supervised.train(config, work, num_steps=n, init=(params, stats))
+      downstream.finetune(config, run_dir, num_steps=n, out_dir=work)
       _, p, s = restore.restore_segmenter(work, "annotate", "latest", config)
       out[row][n] = faces.score_params(module, p, s, config, sets)
       logging.info("%s after %d updates: FG-mIoU %s", row, n,
