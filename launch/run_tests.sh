@@ -8,5 +8,6 @@ bash launch/setup.sh
 # (--dist loadfile), so module fixtures (built models, jitted steps) are built
 # once; the longest files go first (tests/conftest.py, kept by
 # --no-loadscope-reorder). GMSEG_TEST_WORKERS=0 runs in this process (e.g. for pdb).
+# --durations=25 prints the slowest tests, so every run says where the time goes.
 exec .venv/bin/python -m pytest -q -n "${GMSEG_TEST_WORKERS:-2}" --dist loadfile \
-  --no-loadscope-reorder tests "$@"
+  --no-loadscope-reorder --durations=25 tests "$@"
