@@ -266,7 +266,7 @@ def check_resume(config, ckpt: checkpoint.Checkpointer, workdir) -> None:
         f"--workdir={workdir} --step=...; saved: {ckpt.all_steps()}), raise train.steps, "
         "or use a new --workdir.")
   workdir_lib.check_resume(workdir, saved, config, step,
-                           harmless=workdir_lib.ANNOTATE_HARMLESS, warn=False)
+                           harmless=workdir_lib.annotate_harmless(config), warn=False)
 
 
 def _train_and_evaluate(config, workdir: pathlib.Path,
@@ -316,7 +316,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path,
   if is_main:
     saved_config = (meta or {}).get("config")
     changes = workdir_lib.check_resume(workdir, saved_config, config, start,
-                                       harmless=workdir_lib.ANNOTATE_HARMLESS)
+                                       harmless=workdir_lib.annotate_harmless(config))
     workdir_lib.record_config(workdir, config, resumed_step=start if meta else None,
                               changes=changes, saved_config=saved_config)
     logging.info("%s at step %d of %d in %s.", "Resuming" if meta else "Starting",

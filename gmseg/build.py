@@ -174,6 +174,9 @@ def method(config, gen: generators.Generator, devices: int = 1) -> state_lib.Met
       class_weights=_class_weights(config),
       # .get: configs saved before this key existed weighted the labelled loss only.
       class_weights_on=m.get("class_weights_on", "labelled"),
+      # .get: configs saved before this key existed matched unaugmented batches.
+      augment=m.get("augment", "none"),
+      augment_zoom=tuple(float(v) for v in config.data.get("augment_zoom", (1.0, 1.0))),
       # .get: configs saved before these keys existed ran float32, no remat.
       compute_dtype=config.get("compute_dtype", "float32"), remat=m.get("remat", "none"))
 

@@ -111,6 +111,12 @@ def get_base() -> ml_collections.ConfigDict:
       # labels against a teacher's (the supervised k-shot segmenter in the
       # faces job) on the annotator step's samples; 0 = none (the paper).
       "anchor": 0.0,
+      # Beyond the paper (gmseg.views): 'siamese' shows the annotator step's
+      # labelled and synthetic batches through one random flip / zoom
+      # (data.augment_zoom) / colour view per iteration, as Dataset
+      # Condensation's Siamese augmentation; 'siamese_train' also shows the
+      # segmenter step's synthetic batch through a view; 'none' = the paper.
+      "augment": "none",
       # S's mean gradients in the annotator step: 'batch' (one grad of the
       # batch loss; exact, fast) | 'per_example' (vmap(grad), then the mean).
       "grad_path": "batch",
@@ -263,7 +269,7 @@ PAPER_SETTINGS = {
     "matching.tensor_reduction": "mean",
     "matching.vectors": "zero",
     "matching.class_weights": (), "matching.class_weights_on": "labelled",
-    "matching.anchor": 0.0,
+    "matching.anchor": 0.0, "matching.augment": "none",
     "gen_resize": "nearest",
     "ann_optim.name": "sgd", "ann_optim.lr": 1e-3, "ann_optim.momentum": 0.9,
     "ann_optim.warmup": 0, "ann_optim.schedule": "constant",

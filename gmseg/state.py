@@ -22,6 +22,7 @@ GRAD_PATHS = ("batch", "per_example")
 SEG_BN = ("across_batch", "per_example")
 SEG_STATS = ("frozen", "update")
 WEIGHTS_ON = ("labelled", "both")
+AUGMENT = ("none", "siamese", "siamese_train")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # jax.checkpoint policies by name (steps.REMAT_POLICIES holds the objects).
 REMAT = ("none", "nothing_saveable", "dots_saveable",
@@ -83,6 +84,11 @@ class Method:
     anchor_weight: the annotator's loss is the matching distance plus
       `anchor_weight` times the soft cross-entropy of its labels against
       `anchor`'s on the same samples (0 = the paper's loss).
+    augment: 'none' (the paper) or 'siamese' (beyond the paper, gmseg.views:
+      the annotator step sees the labelled and the synthetic batch through
+      one random flip / zoom / colour view per iteration); 'siamese_train'
+      also shows the segmenter step's batch through a view of its own.
+    augment_zoom: the views' zoom range (s < 1 zooms out).
     compute_dtype: dtype of the training steps' forward passes of G, A and
       S ('float32' | 'bfloat16'). Parameters, optimiser states, losses,
       gradients and the matching distance stay float32: parameters and
@@ -113,6 +119,8 @@ class Method:
   class_weights_on: str = "labelled"
   anchor: Optional[Callable[[jax.Array, tuple], jax.Array]] = None
   anchor_weight: float = 0.0
+  augment: str = "none"
+  augment_zoom: tuple[float, float] = (1.0, 1.0)
   compute_dtype: str = "float32"
   remat: str = "none"
 
@@ -120,7 +128,7 @@ class Method:
     for name, allowed in (("grad_path", GRAD_PATHS), ("seg_bn", SEG_BN),
                           ("ann_step_seg_stats", SEG_STATS),
                           ("compute_dtype", COMPUTE_DTYPES), ("remat", REMAT),
-                          ("class_weights_on", WEIGHTS_ON)):
+                          ("class_weights_on", WEIGHTS_ON), ("augment", AUGMENT)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r}; use one of {allowed}.")
     if self.ann_step_seg_stats == "update" and (

@@ -40,11 +40,12 @@ import optax
 
 from gmseg import losses
 from gmseg import matching
+from gmseg import views
 from gmseg.models import layers
 from gmseg.state import REMAT, Method, TrainState
 
 # Tags folded into the per-step key so the two phases draw different samples.
-_ANN, _SEG, _SUP = 0, 1, 2
+_ANN, _SEG, _SUP, _VIEW, _SEG_VIEW = 0, 1, 2, 3, 4
 
 
 def apply_model(module, params, stats, x, *, train: bool,
@@ -262,7 +263,7 @@ def labelled_grads(state: TrainState, batch: dict, *, method: Method,
 
 def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
                   method: Method, axis_name: Optional[str] = None,
-                  generated=None):
+                  generated=None, view: Optional[views.View] = None):
   """Gradient-matching loss of the annotator at the current segmenter.
 
   z -> G -> (images, features) -> A -> soft labels -> mean gradient of S's
@@ -273,6 +274,9 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
     g_real: the target gradient from `labelled_grads`.
     generated: optional (images, features) of this step's latents, as
       `generate_for_step` returns them (else G runs here).
+    view: optional Siamese view (gmseg.views) of the synthetic images and
+      soft labels after `method.transform`, the one `g_real`'s batch was seen
+      through (`annotator_step` draws it with `step_view`).
   With `method.anchor_weight` > 0 (beyond the paper) the loss adds that
   weight times the soft cross-entropy of the annotator's labels against the
   teacher's (`method.anchor`, detached) on the same samples: matching
@@ -290,6 +294,8 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
   logits, ann_stats = annotate(method, ann_params, state.ann_stats, feats,
                                images.shape[1:3], train=True)
   x, p = _with_transform(method, images, jax.nn.softmax(logits, axis=-1))
+  if view is not None:
+    x, p = views.apply_images(view, x), views.apply_probs(view, p)
   # class_weights_on='both': the synthetic loss carries the labelled loss's
   # class weights, so the distance is smallest at labels of the real parts'
   # sizes ('labelled' alone rewards painting weighted parts larger).
@@ -302,7 +308,10 @@ def matching_loss(ann_params, state: TrainState, g_real: dict, gen_params, *,
       method.tensor_reduction, method.vectors)
   anchor = jnp.zeros((), jnp.float32)
   if method.anchor_weight > 0:
-    target = lax.stop_gradient(method.anchor(images, feats).astype(jnp.float32))
+    target = method.anchor(images, feats).astype(jnp.float32)
+    if view is not None:  # compared where the annotator's labels are
+      target = views.apply_probs(view, target)
+    target = lax.stop_gradient(target)
     anchor = losses.distillation_cross_entropy(p.astype(jnp.float32), target)
   loss = dist + method.anchor_weight * anchor
   return loss, (ann_stats, g_syn, seg_stats, {"match": dist, "anchor": anchor})
@@ -312,6 +321,9 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
                    method: Method, axis_name: Optional[str] = None,
                    generated=None):
   """One gradient-matching update of the annotator.
+
+  With `method.augment='siamese'` the labelled batch and the synthetic one
+  are both seen through this iteration's view (`step_view`).
 
   Args:
     state: the current TrainState.
@@ -324,6 +336,10 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   Returns:
     (new state, metrics dict of scalars).
   """
+  view = step_view(method, state)
+  if view is not None:
+    batch = dict(batch, image=views.apply_images(view, batch["image"]),
+                 label=views.apply_labels(view, batch["label"]))
   g_real, seg_stats = _labelled_grads(state, batch, method, axis_name)
   # With ann_step_seg_stats='update' the synthetic pass starts from the
   # statistics the labelled pass left (the paper's order); else nothing moves.
@@ -331,7 +347,7 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   (_, (ann_stats, g_syn, seg_stats, parts)), grads = jax.value_and_grad(
       matching_loss, has_aux=True)(state.ann_params, seen, g_real, gen_params,
                                    method=method, axis_name=axis_name,
-                                   generated=generated)
+                                   generated=generated, view=view)
   params, opt_state, metrics = _apply_grads(
       grads, state.ann_params, state.ann_opt_state, method.ann_tx, axis_name, "ann")
   metrics.update({
@@ -346,6 +362,18 @@ def annotator_step(state: TrainState, batch: dict, gen_params, *,
   if method.ann_step_seg_stats == "update":
     state = state.replace(seg_stats=_pmean(seg_stats, axis_name))
   return state, _pmean(metrics, axis_name)
+
+
+def step_view(method: Method, state: TrainState) -> Optional[views.View]:
+  """The Siamese view of iteration `state.step` (None when
+  `method.augment='none'`): drawn from the step's key, not the device's,
+  so every device sees the same view."""
+  return _view(method, state, _VIEW) if method.augment != "none" else None
+
+
+def _view(method: Method, state: TrainState, tag: int) -> views.View:
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), tag)
+  return views.sample(key, method.augment_zoom)
 
 
 def _ann_latents(method: Method, state: TrainState, axis_name):
@@ -463,6 +491,9 @@ def segmenter_step(state: TrainState, gen_params, *, method: Method,
                        images.shape[1:3], train=False)
   probs = lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
   images, probs = _with_transform(method, images, probs)
+  if method.augment == "siamese_train":  # S trains on views like those it is matched on
+    view = _view(method, state, _SEG_VIEW)
+    images, probs = views.apply_images(view, images), views.apply_probs(view, probs)
 
   def loss_fn(params):
     out, stats = run_model(method, method.segmenter, params, state.seg_stats, images,

@@ -42,12 +42,24 @@ ANNOTATE_HARMLESS = (
     "train.grid_every", "train.keep", "train.eval_batch", "ann_optim.lr", "seg_optim.lr",
     "data.num_val", "data.val_split", "data.test_split", "data.eval_dataset",
     "data.val_dataset", "data.eval_transform", "data.data_dir", "data.manual_dir",
-    "data.augment_zoom",  # used by the baselines and phase two only
+    # Read by the baselines and phase two, and by phase one only with
+    # matching.augment != 'none' (then it blocks: `annotate_harmless`).
+    "data.augment_zoom",
     "segmenter.pretrained", "downstream.",
     # Both paths give the same mean gradient (to float32 noise; tests/test_steps.py).
     "matching.grad_path",
     # The same iterations, bitwise (tests/test_iteration_dispatch.py).
     "train.steps_per_dispatch")
+
+
+def annotate_harmless(config) -> tuple[str, ...]:
+  """ANNOTATE_HARMLESS for `config`: without 'data.augment_zoom' when phase
+  one's Siamese views (matching.augment != 'none') use the zoom range."""
+  if config.get("matching", {}).get("augment", "none") != "none":
+    return tuple(k for k in ANNOTATE_HARMLESS if k != "data.augment_zoom")
+  return ANNOTATE_HARMLESS
+
+
 # Phase two: keys that define the downstream segmenter's state or its epochs.
 DOWNSTREAM_BLOCKING = ("class_names", "seed", "downstream.segmenter", "downstream.optim.name",
                        "downstream.optim.momentum", "downstream.batch")
