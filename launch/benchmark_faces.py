@@ -39,7 +39,7 @@ from absl import app, flags
 
 from gmseg import cli
 from gmseg import workdir
-from gmseg.experiments import benchmark, config_files, faces, finetune_curve
+from gmseg.experiments import benchmark, config_files, faces, finetune_curve, pose_scores
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Benchmark folder (runs and reports).")
 CONFIG_FILE = flags.DEFINE_string("config_file", str(config_files.DEFAULT_CONFIG),
@@ -68,6 +68,9 @@ ROWS_FROM = flags.DEFINE_string(
 FINETUNE_CURVE = flags.DEFINE_list(
     "finetune_curve", [], "After the sweep, score every '+ labelled' row after these numbers "
     "of fine-tuning updates (gmseg.experiments.finetune_curve), e.g. 100,200,300,600.")
+POSE_SCORES = flags.DEFINE_bool(
+    "pose_scores", False, "After the sweep, score the '+ labelled' rows and the supervised "
+    "baseline of every cell on V3 pose by pose (gmseg.experiments.pose_scores).")
 TIMING = flags.DEFINE_bool("timing", False, "First time the A, S and supervised steps.")
 TIMING_REPS = flags.DEFINE_integer("timing_reps", 10, "Timed rounds per step.")
 TIMING_K = flags.DEFINE_integer("timing_k", 5, "Labelled faces loaded for the timing run.")
@@ -105,6 +108,9 @@ def main(argv):
     configs = {(k, s): benchmark.faces_config(k, s, **common) for k in ks for s in seeds}
     print(finetune_curve.sweep(WORKDIR.value, configs, _ints("finetune_curve",
                                                              FINETUNE_CURVE.value)))
+  if POSE_SCORES.value:
+    configs = {(k, s): benchmark.faces_config(k, s, **common) for k in ks for s in seeds}
+    print(pose_scores.sweep(WORKDIR.value, configs))
 
 
 if __name__ == "__main__":
