@@ -96,13 +96,18 @@ def _pmean(tree, axis_name):
   return tree if axis_name is None else lax.pmean(tree, axis_name)
 
 
+def _step_key(state: TrainState, tag: int) -> jax.Array:
+  """This step's key for one use: fold_in(rng, step), then the tag."""
+  return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), tag)
+
+
 def _step_keys(state: TrainState, tag: int, n: int, axis_name):
-  """`n` keys for this step and phase: fold_in(rng, step), then the tag.
+  """`n` keys for this step and phase (from `_step_key`).
 
   Returns (shared keys, per-device keys): shared keys are equal on every
   device (for global-batch latents), per-device keys differ (dropout, noise).
   """
-  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), tag)
+  key = _step_key(state, tag)
   shared = jax.random.split(key, n)
   local = key if axis_name is None else jax.random.fold_in(
       key, lax.axis_index(axis_name))
@@ -372,8 +377,7 @@ def step_view(method: Method, state: TrainState) -> Optional[views.View]:
 
 
 def _view(method: Method, state: TrainState, tag: int) -> views.View:
-  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), tag)
-  return views.sample(key, method.augment_zoom)
+  return views.sample(_step_key(state, tag), method.augment_zoom)
 
 
 def _ann_latents(method: Method, state: TrainState, axis_name):

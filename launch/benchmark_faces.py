@@ -104,12 +104,12 @@ def main(argv):
   else:  # timing only: the report holds the header and the timing table
     benchmark.write_report(WORKDIR.value, None, benchmark.header())
   print((pathlib.Path(WORKDIR.value) / "benchmark.md").read_text())
-  if FINETUNE_CURVE.value:
+  if FINETUNE_CURVE.value or POSE_SCORES.value:
     configs = {(k, s): benchmark.faces_config(k, s, **common) for k in ks for s in seeds}
+  if FINETUNE_CURVE.value:
     print(finetune_curve.sweep(WORKDIR.value, configs, _ints("finetune_curve",
                                                              FINETUNE_CURVE.value)))
   if POSE_SCORES.value:
-    configs = {(k, s): benchmark.faces_config(k, s, **common) for k in ks for s in seeds}
     print(pose_scores.sweep(WORKDIR.value, configs))
 
 

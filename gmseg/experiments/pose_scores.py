@@ -11,10 +11,11 @@ from typing import Sequence
 import numpy as np
 
 from gmseg import build, downstream, evaluate, restore
+from gmseg.experiments import finetune_curve
 
-# Folders of a faces cell, their row names, and where each keeps its final model.
-ROWS = {"lagm": "LAGM + labelled", "label_free": "label-free + labelled",
-        "self_training": "self-training + labelled", "supervised": "supervised"}
+# Folders of a faces cell and their row names: the fine-tuned phase-two runs
+# (their models in `downstream.finetune_dir`) and the supervised baseline.
+ROWS = {**finetune_curve.RUNS, "supervised": "supervised"}
 
 
 def pose_of(ids: Sequence) -> np.ndarray:
