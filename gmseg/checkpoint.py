@@ -308,8 +308,8 @@ class Checkpointer:
       raise CheckpointMismatchError(
           f"Checkpoint step {step} in {self.directory} holds a state of another structure "
           f"than this config builds ({len(diffs)} differences: {'; '.join(diffs[:4])}"
-          f"{'; ...' if len(diffs) > 4 else ''}): the config changed model, optimiser or "
-          "classes; use a new workdir.")
+          f"{'; ...' if len(diffs) > 4 else ''}): the config changed model, optimiser (or its "
+          "weight average) or classes; use a new workdir.")
 
   def maybe_restore(self, target: PyTree, quarantine: bool = True
                     ) -> tuple[PyTree, Optional[dict]]:

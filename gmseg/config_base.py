@@ -201,6 +201,10 @@ def get_base() -> ml_collections.ConfigDict:
       # Beyond the paper: then fine-tune on the k labelled images for this many
       # updates (as the supervised baseline; 0 = off): "LAGM + labelled".
       "finetune_steps": 0,
+      # Beyond the paper: fine-tuning keeps a moving average of S's weights
+      # with this decay, and the average is the fine-tuned model (restore.
+      # restore_segmenter; 0 = off, the last weights). Chosen on V3 (README).
+      "finetune_ema": 0.0,
       # Beyond the paper: places of each phase-two batch given to the k labelled
       # images (augmented) instead of synthetic ones (0 = off).
       "mix_labelled": 0,
@@ -283,7 +287,8 @@ PAPER_SETTINGS = {
     "downstream.epochs": 20, "downstream.batch": 8,
     "downstream.optim.name": "adam", "downstream.optim.lr": 1e-3,
     "downstream.segmenter": "",
-    "downstream.finetune_steps": 0, "downstream.mix_labelled": 0,
+    "downstream.finetune_steps": 0, "downstream.finetune_ema": 0.0,
+    "downstream.mix_labelled": 0,
     "downstream.augment": False,
 }
 # StyleGAN truncation, set with `cutoff` (8: CelebA, car, Face-34; 7: horse,

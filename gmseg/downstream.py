@@ -667,6 +667,8 @@ def finetune(config, workdir, num_steps: Optional[int] = None, out_dir=None) -> 
   the k labelled images for `downstream.finetune_steps` updates, as the
   supervised baseline trains (gmseg.supervised: `seg_optim`, augmentation,
   `batch.labelled`). "LAGM + labelled": do LAGM's samples add to the k faces?
+  With `downstream.finetune_ema` > 0 the run keeps a moving average of the
+  weights, which `restore.restore_segmenter` returns as the model.
 
   Args:
     num_steps: updates; None = `downstream.finetune_steps`.
@@ -687,7 +689,8 @@ def finetune(config, workdir, num_steps: Optional[int] = None, out_dir=None) -> 
   from gmseg import supervised  # pylint: disable=g-import-not-at-top
   _, params, stats = restore.restore_segmenter(workdir, "downstream", "latest", config)
   out_dir = finetune_dir(workdir) if out_dir is None else out_dir
-  return supervised.train(config, out_dir, num_steps=n, init=(params, stats))
+  return supervised.train(config, out_dir, num_steps=n, init=(params, stats),
+                          ema=float(config.downstream.get("finetune_ema", 0.0)))
 
 
 def run(config, workdir, annotator_step: Union[str, int] = "best",

@@ -144,8 +144,12 @@ def predict_fn(module) -> Callable:
       module, params, stats, images, train=False)[0])
 
 
+WEIGHTS = ("auto", "trained", "ema")
+
+
 def restore_segmenter(workdir, which: str = "annotate", step: Step = "best",
-                      config=None, device: Optional[jax.Device] = None):
+                      config=None, device: Optional[jax.Device] = None,
+                      weights: str = "auto"):
   """Restores a phase's segmenter onto one device.
 
   Args:
@@ -154,13 +158,25 @@ def restore_segmenter(workdir, which: str = "annotate", step: Step = "best",
       'downstream' (the fresh segmenter of phase two).
     step: 'best' (validation FG-mIoU), 'latest' or a saved step.
     config: defaults to `load_config(workdir, which)`.
+    weights: 'auto' (the moving average of the weights where the run kept
+      one, `supervised.train(ema=...)`; else the trained weights), 'trained'
+      or 'ema' (an error where there is none).
   Returns:
     (module, params, batch_stats or {}).
   """
+  if weights not in WEIGHTS:
+    raise ValueError(f"weights={weights!r}; use one of {WEIGHTS}.")
   directory = checkpoint_dir(workdir, which)
   step = resolve_step(directory, step)
   config = load_config(workdir, which, step) if config is None else config
-  params = checkpoint.restore_subtree(directory, ("seg_params",), step=step, device=device)
+  params = None
+  if weights != "trained":
+    params = restore_stats(directory, ("seg_opt_state", "average"), step, device) or None
+    if params is None and weights == "ema":
+      raise ValueError(f"{directory} step {step} keeps no moving average of the weights "
+                       "(trained without ema); use weights='trained' or 'auto'.")
+  if params is None:
+    params = checkpoint.restore_subtree(directory, ("seg_params",), step=step, device=device)
   stats = restore_stats(directory, ("seg_stats",), step, device)
   return segmenter_module(config, which), params, stats
 

@@ -6,7 +6,7 @@ parameter paths, batch sizes); steps close over it with functools.partial, so
 it is never traced.
 """
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import flax
 import flax.linen as nn
@@ -227,6 +227,48 @@ def make_optimizer(name: str, lr: float, momentum: float = 0.9,
   if name == "adam":
     return optax.adam(lr, b1=b1, b2=b2)
   raise ValueError(f"Unknown optimizer {name!r}; use 'sgd' or 'adam'.")
+
+
+class WeightAverage(NamedTuple):
+  """State of `with_weight_average`: the inner optimiser's and the average.
+
+  Checkpoints save it as {'inner': ..., 'average': ...}, so the average of a
+  saved S is the subtree ('seg_opt_state', 'average') (restore.restore_segmenter).
+  """
+  inner: optax.OptState
+  average: Params
+
+
+def with_weight_average(tx: optax.GradientTransformation, decay: float
+                        ) -> optax.GradientTransformation:
+  """`tx` that also keeps an exponential moving average of the weights.
+
+  After each update, average <- decay * average + (1 - decay) * new weights;
+  `init(params)` starts it at `params`. The updates are `tx`'s, bitwise: the
+  average never feeds back into training. Held in the optimiser state, it is
+  checkpointed, resumed, replicated and device-averaged with it. Beyond the
+  paper (used by `downstream.finetune_ema`).
+
+  Args:
+    decay: in [0, 1); e.g. 0.995 weighs the last ~200 updates.
+  """
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"Weight-average decay {decay}: must be in [0, 1) (e.g. 0.995 weighs "
+                     "the last ~200 updates).")
+
+  def init(params):
+    # A copy: a train step that donates the state may not see one buffer twice.
+    return WeightAverage(tx.init(params), jax.tree.map(jnp.copy, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("with_weight_average needs the parameters in update(...).")
+    updates, inner = tx.update(updates, state.inner, params)
+    new = optax.apply_updates(params, updates)
+    average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, state.average, new)
+    return updates, WeightAverage(inner, average)
+
+  return optax.GradientTransformation(init, update)
 
 
 def matched_paths(segmenter_params: Params, selection: str,

@@ -32,7 +32,7 @@ _TAG = 7  # seed offset: the baseline's S starts from its own initialisation
 
 
 def train(config, workdir, num_steps: Optional[int] = None,
-          augment: bool = True, init: Optional[tuple] = None) -> dict:
+          augment: bool = True, init: Optional[tuple] = None, ema: float = 0.0) -> dict:
   """Trains the baseline segmenter; resumes from `<workdir>/checkpoints`.
 
   Args:
@@ -44,6 +44,10 @@ def train(config, workdir, num_steps: Optional[int] = None,
     init: (seg_params, seg_stats) to start from instead of a fresh
       initialisation (fine-tuning, e.g. a segmenter pre-trained on LAGM's
       synthetic set: `downstream.finetune`); a saved checkpoint still wins.
+    ema: decay of a moving average of the weights kept in the optimiser
+      state (`state.with_weight_average`, started at the initial weights;
+      0 = none). `restore.restore_segmenter` then returns the average: it is
+      the model.
   Returns:
     {'step': updates done, 'loss': mean loss of the last log window}.
   """
@@ -59,6 +63,8 @@ def train(config, workdir, num_steps: Optional[int] = None,
   module = build.segmenter(config.segmenter, build.num_classes(config))
   tx = state_lib.make_optimizer(config.seg_optim.name, config.seg_optim.lr,
                                 momentum=config.seg_optim.momentum)
+  if ema:
+    tx = state_lib.with_weight_average(tx, float(ema))
   # supervised_step reads only the segmenter and its optimiser.
   method = state_lib.Method(gen_fn=None, z_dim=0, annotator=None, segmenter=module,
                             ann_tx=None, seg_tx=tx, matched=())
@@ -68,7 +74,11 @@ def train(config, workdir, num_steps: Optional[int] = None,
                                     load=functools.partial(build.pretrained_segmenter,
                                                            config.segmenter))
   if init is not None:
-    state = state.replace(seg_params=init[0], seg_stats=init[1] or state.seg_stats)
+    # Copies: the step donates the state's buffers, and the caller keeps init.
+    state = state.replace(seg_params=jax.tree.map(np.array, init[0]),
+                          seg_stats=jax.tree.map(np.array, init[1]) or state.seg_stats)
+    # The optimiser (and the weight average) start from the given weights.
+    state = state.replace(seg_opt_state=tx.init(state.seg_params))
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
   state, meta = ckpt.maybe_restore(state)
   is_main = jax.process_index() == 0
