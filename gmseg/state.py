@@ -246,8 +246,9 @@ def with_weight_average(tx: optax.GradientTransformation, decay: float
   After each update, average <- decay * average + (1 - decay) * new weights;
   `init(params)` starts it at `params`. The updates are `tx`'s, bitwise: the
   average never feeds back into training. Held in the optimiser state, it is
-  checkpointed, resumed, replicated and device-averaged with it. Beyond the
-  paper (used by `downstream.finetune_ema`).
+  checkpointed, resumed and replicated over devices with it (the weights are
+  the same on every device, so is the average). Beyond the paper (used by
+  `downstream.finetune_ema`).
 
   Args:
     decay: in [0, 1); e.g. 0.995 weighs the last ~200 updates.
