@@ -280,6 +280,15 @@ class Checkpointer:
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       expected = _saved_checksums(self._mgr, step) if verify else None
     except Exception as e:  # orbax/tensorstore raise many types for broken files
+      # A tree node that holds no arrays (an empty dict) is invisible to
+      # _check_structure's leaf comparison; orbax finds it missing here. That
+      # is another structure, not damage: skipping the step would report every
+      # sound checkpoint as damaged.
+      if isinstance(e, ValueError) and "tree structures do not match" in str(e):
+        raise CheckpointMismatchError(
+            f"Checkpoint step {step} in {self.directory} holds a state of another structure "
+            f"than this config builds ({_short(e)}): the config changed model, optimiser "
+            "(or its weight average) or classes; use a new workdir.") from e
       raise CheckpointDamagedError(f"Checkpoint step {step} in {self.directory} does not "
                                    f"read completely ({_short(e)}).") from e
     if verify:

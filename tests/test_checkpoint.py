@@ -324,3 +324,14 @@ def test_structure_change_is_not_damage(tmp_path):
     ckpt.maybe_restore(wider)
   assert ckpt.all_steps() == [1]  # nothing moved
   ckpt.close()
+
+
+def test_an_empty_node_the_checkpoint_lacks_is_a_structure_change(tmp_path):
+  # An empty dict holds no arrays, so only orbax's own read notices it.
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(1, {"w": jnp.ones(3)})
+  ckpt.wait()
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="another structure"):
+    ckpt.maybe_restore({"w": jnp.zeros(3), "extra": {}})
+  assert ckpt.all_steps() == [1] and not ckpt.skipped  # not skipped as damage, nothing moved
+  ckpt.close()
