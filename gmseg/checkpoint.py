@@ -285,10 +285,7 @@ class Checkpointer:
       # is another structure, not damage: skipping the step would report every
       # sound checkpoint as damaged.
       if isinstance(e, ValueError) and "tree structures do not match" in str(e):
-        raise CheckpointMismatchError(
-            f"Checkpoint step {step} in {self.directory} holds a state of another structure "
-            f"than this config builds ({_short(e)}): the config changed model, optimiser "
-            "(or its weight average) or classes; use a new workdir.") from e
+        raise self._mismatch(step, _short(e)) from e
       raise CheckpointDamagedError(f"Checkpoint step {step} in {self.directory} does not "
                                    f"read completely ({_short(e)}).") from e
     if verify:
@@ -314,11 +311,15 @@ class Checkpointer:
     diffs += [f"{k} saved {have[k]} vs requested {want[k]}" for k in want
               if k in have and have[k] != want[k]]
     if diffs:
-      raise CheckpointMismatchError(
-          f"Checkpoint step {step} in {self.directory} holds a state of another structure "
-          f"than this config builds ({len(diffs)} differences: {'; '.join(diffs[:4])}"
-          f"{'; ...' if len(diffs) > 4 else ''}): the config changed model, optimiser (or its "
-          "weight average) or classes; use a new workdir.")
+      raise self._mismatch(step, f"{len(diffs)} differences: {'; '.join(diffs[:4])}"
+                                 f"{'; ...' if len(diffs) > 4 else ''}")
+
+  def _mismatch(self, step: int, detail: str) -> CheckpointMismatchError:
+    """The error for a saved state of another structure than the one asked for."""
+    return CheckpointMismatchError(
+        f"Checkpoint step {step} in {self.directory} holds a state of another structure "
+        f"than this config builds ({detail}): the config changed model, optimiser (or its "
+        "weight average) or classes; use a new workdir.")
 
   def maybe_restore(self, target: PyTree, quarantine: bool = True
                     ) -> tuple[PyTree, Optional[dict]]:

@@ -5,6 +5,7 @@ import functools
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -56,9 +57,9 @@ def test_decay_outside_the_unit_interval_is_refused(decay):
 
 
 def test_training_keeps_restores_and_resumes_the_average(tiny_annotate, tmp_path):
-  config = tiny_annotate["config"]
-  with config.unlocked():
-    config.train.ckpt_every = 2
+  # A copy: the fixture's config is shared by the session's other tests.
+  config = ml_collections.ConfigDict(tiny_annotate["config"].to_dict())
+  config.train.ckpt_every = 2
   start = supervised.train(config, tmp_path / "start", num_steps=2)
   assert start["step"] == 2
   _, init, stats = restore.restore_segmenter(tmp_path / "start", "annotate", "latest", config)
@@ -85,6 +86,9 @@ def test_training_keeps_restores_and_resumes_the_average(tiny_annotate, tmp_path
 
   # A run without an average: 'auto' gives its weights, 'ema' says there is none,
   # and adding an average to it later is refused rather than silently restarted.
+  _, auto, _ = restore.restore_segmenter(tmp_path / "start", "annotate", "latest", config)
+  for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(init)):
+    np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="keeps no moving average"):
     restore.restore_segmenter(tmp_path / "start", "annotate", "latest", config, weights="ema")
   with pytest.raises(checkpoint.CheckpointMismatchError, match="weight average"):
