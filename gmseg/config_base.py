@@ -193,6 +193,13 @@ def get_base() -> ml_collections.ConfigDict:
       # k-shot segmenter's softmax) in phase two's labels, (1 - w) annotator +
       # w self-training (gmseg.label_sources.mixture; experiments pass it). Paper: 0.
       "label_mix": 0.0,
+      # Beyond the paper: phase two labels with the annotator's logits minus
+      # tau * log(matching.class_weights) (tau = this value; 0 = off). Weights
+      # on the labelled loss behind the target gradient teach the annotator
+      # labels whose class prior is shifted by the weights (small parts
+      # painted too large); tau = 1 divides the shift back out (logit
+      # adjustment; gmseg.label_sources.class_weight_offset). Paper: 0.
+      "logit_adjust": 0.0,
       "epochs": 20,
       "batch": 8,
       "optim": ml_collections.ConfigDict({"name": "adam", "lr": 1e-3, "momentum": 0.9}),
@@ -284,6 +291,7 @@ PAPER_SETTINGS = {
     "train.eval_every": 4_000, "train.ckpt_every": 4_000,   # snapshots for selection
     "downstream.num_images": 10_000, "downstream.filter": "none",
     "downstream.label_snapshots": 1, "downstream.label_mix": 0.0,
+    "downstream.logit_adjust": 0.0,
     "downstream.epochs": 20, "downstream.batch": 8,
     "downstream.optim.name": "adam", "downstream.optim.lr": 1e-3,
     "downstream.segmenter": "",

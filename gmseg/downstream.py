@@ -276,7 +276,8 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
                      "'none' or 'confidence'.")
   else:
     annotator_steps = list(source.annotator_steps)
-  settings = _settings(config, annotator_steps, "annotator" if source is None else source.name)
+  settings = _settings(config, annotator_steps, source.name if source is not None else
+                       label_sources.annotator_name(label_sources.logit_offset(config)))
   info_path = out / "generation.json"
   if synthetic.is_prepared(data_dir) and info_path.is_file():
     old = json.loads(info_path.read_text())
@@ -293,7 +294,8 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
   gen = build.generator(config)
   method = build.method(config, gen)
   if source is None:
-    source = label_sources.annotator(ckpt_dir, annotator_steps)
+    source = label_sources.annotator(ckpt_dir, annotator_steps,
+                                     label_sources.logit_offset(config))
   members = source.members
   sample = jax.jit(functools.partial(sample_batch, method=method, batch=int(d.gen_batch),
                                      label_fn=source.fn))

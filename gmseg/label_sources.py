@@ -5,6 +5,9 @@ draws the same latents, applies the same filters and writes the same set
 whatever the source, so the controls differ from LAGM only in their labels:
 
   'annotator'      the trained annotator (LAGM; the paper's phase two);
+                   beyond the paper, optionally with its logits shifted by a
+                   per-class offset before the softmax (`logit_offset`: the
+                   correction of the class weights' prior shift);
   'annotator_mean' beyond the paper: the mean of several annotator
                    snapshots' soft labels (an ensemble along phase one);
   'self_training'  a segmenter trained on the k labelled images alone labels
@@ -23,11 +26,13 @@ images as the downstream segmenter sees them (after `method.transform`) and
 'ensemble' filter).
 """
 import dataclasses
+import functools
 import pathlib
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmseg import build
 from gmseg import checkpoint
@@ -60,11 +65,51 @@ def _transform(method: state_lib.Method, images, probs):
   return (images, probs) if method.transform is None else method.transform(images, probs)
 
 
-def annotator_labels(method: state_lib.Method, params, images, feats):
-  """The annotator's soft labels; `params` = (ann_params, ann_stats)."""
+def annotator_labels(method: state_lib.Method, params, images, feats, offset=None):
+  """The annotator's soft labels; `params` = (ann_params, ann_stats).
+
+  `offset`: optional `[C]` subtracted from the logits before the softmax
+  (see `logit_offset`).
+  """
   logits, _ = steps.annotate(method, params[0], params[1], feats, images.shape[1:3],
                              train=False)
+  if offset is not None:
+    logits = logits - jnp.asarray(offset, logits.dtype)
   return _transform(method, images, jax.nn.softmax(logits, axis=-1))
+
+
+def logit_offset(config) -> Optional[np.ndarray]:
+  """`[C]` tau * log(matching.class_weights), tau = `downstream.logit_adjust`;
+  None when tau = 0 (the paper's labels).
+
+  Why: the target gradient is that of a loss whose class c weighs w_c, so the
+  labels that match it best are those of a class prior multiplied by w_c
+  (small parts painted larger). Subtracting log w_c from the logits divides
+  that prior back out (logit adjustment, Menon et al. 2021) at tau = 1.
+  """
+  tau = float(config.downstream.get("logit_adjust", 0.0))
+  if tau == 0.0:
+    return None
+  weights = tuple(config.matching.get("class_weights", ()))
+  if tau < 0:
+    raise ValueError(f"downstream.logit_adjust={tau}: use tau >= 0 (1 divides the class "
+                     "weights' prior out of the labels, 0 is off).")
+  if not weights:
+    raise ValueError("downstream.logit_adjust corrects the labels for matching.class_weights, "
+                     "but the config has none: set downstream.logit_adjust=0.")
+  if config.matching.get("class_weights_on", "labelled") != "labelled":
+    raise ValueError("downstream.logit_adjust corrects the prior shift of class weights on "
+                     "the labelled loss alone; with matching.class_weights_on="
+                     f"{config.matching.class_weights_on!r} both losses carry them and "
+                     "there is none: set downstream.logit_adjust=0.")
+  return tau * np.log(np.asarray(weights, np.float32))
+
+
+def annotator_name(offset=None, base: str = "annotator") -> str:
+  """The recorded name of an annotator source ('annotator' without offset)."""
+  if offset is None:
+    return base
+  return f"{base}(logits - [{', '.join(f'{v:.4g}' for v in np.asarray(offset))}])"
 
 
 def restore_annotator(ckpt_dir, step: int) -> tuple[Any, Any]:
@@ -74,22 +119,28 @@ def restore_annotator(ckpt_dir, step: int) -> tuple[Any, Any]:
   return params, stats
 
 
-def annotator(ckpt_dir, annotator_steps) -> LabelSource:
-  """The trained annotator at `annotator_steps` (the first labels)."""
+def annotator(ckpt_dir, annotator_steps, offset=None) -> LabelSource:
+  """The trained annotator at `annotator_steps` (the first labels); `offset`
+  (`[C]` or None) is subtracted from its logits (`logit_offset`)."""
   members = tuple(restore_annotator(ckpt_dir, s) for s in annotator_steps)
-  return LabelSource("annotator", annotator_labels, members, [int(s) for s in annotator_steps])
+  fn = annotator_labels if offset is None else functools.partial(annotator_labels,
+                                                                 offset=offset)
+  return LabelSource(annotator_name(offset), fn, members,
+                     [int(s) for s in annotator_steps])
 
 
-def annotator_mean(ckpt_dir, annotator_steps) -> LabelSource:
+def annotator_mean(ckpt_dir, annotator_steps, offset=None) -> LabelSource:
   """The mean soft labels of the annotator snapshots `annotator_steps`
-  (one member holding them all, so the filters see one labeller)."""
+  (one member holding them all, so the filters see one labeller); `offset` as
+  in `annotator`."""
   snapshots = tuple(restore_annotator(ckpt_dir, s) for s in annotator_steps)
 
   def fn(method, member, images, feats):
-    outs = [annotator_labels(method, m, images, feats) for m in member]
+    outs = [annotator_labels(method, m, images, feats, offset) for m in member]
     return outs[0][0], sum(p for _, p in outs) / len(outs)
 
-  return LabelSource("annotator_mean", fn, (snapshots,), [int(s) for s in annotator_steps])
+  return LabelSource(annotator_name(offset, "annotator_mean"), fn, (snapshots,),
+                     [int(s) for s in annotator_steps])
 
 
 def label_free(config, gen) -> LabelSource:

@@ -6,6 +6,7 @@ set holds; the label-free source's are those of phase one's initial
 annotator; the filters that need annotator snapshots refuse other sources.
 """
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -152,3 +153,53 @@ def test_mixture_is_the_weighted_mean_of_the_sources_labels(runs):
   assert mix.annotator_steps == [4]
   with pytest.raises(ValueError, match="sum to 1"):
     label_sources.mixture([ann, seg], [0.5, 0.6])
+
+
+def _weighted_config(runs, tau: float, **matching):
+  config = tiny_config(runs["run"]["data_dir"], logit_adjust=tau)
+  config.matching.class_weights = (1.0, 1.0, 1.0, 10.0, 5.0, 10.0)
+  config.matching.update(matching)
+  return config
+
+
+def test_logit_adjust_divides_the_class_weights_out_of_the_labels(runs, tmp_path):
+  # Beyond the paper (downstream.logit_adjust): labels from softmax(logits - tau log w),
+  # i.e. the annotator's soft labels divided by w**tau and renormalised.
+  run = runs["run"]
+  config = _weighted_config(runs, 1.0)
+  workdir = tmp_path / "run"  # the annotator's run without its plain set
+  shutil.copytree(runs["annotate_dir"], workdir, ignore=shutil.ignore_patterns("downstream"))
+  data = synthetic.read(downstream.generate(config, workdir))
+  np.testing.assert_array_equal(data["image"], runs["lagm"]["image"])  # same latents
+  method, gen = run["method"], run["gen"]
+  plain = label_sources.annotator(restore.checkpoint_dir(runs["annotate_dir"]), [4])
+  offset = label_sources.logit_offset(config)
+  adjusted = label_sources.annotator(restore.checkpoint_dir(runs["annotate_dir"]), [4], offset)
+  images, feats = method.gen_fn(gen.params, *_latents(runs))
+  p = np.asarray(plain.fn(method, plain.members[0], images, feats)[1], np.float64)
+  q = np.asarray(adjusted.fn(method, adjusted.members[0], images, feats)[1])
+  w = np.asarray(config.matching.class_weights)
+  np.testing.assert_allclose(q, (p / w) / (p / w).sum(-1, keepdims=True), atol=1e-6)
+  # The set's labels are those of the divided-out prior; the small parts shrink.
+  n = len(q)
+  assert np.mean(data["label"][:n] == q.argmax(-1)) > 0.999
+  changed = data["label"] != runs["lagm"]["label"]
+  assert changed.mean() > 0.01
+  assert np.isin(runs["lagm"]["label"][changed], (3, 4, 5)).all()  # only weighted classes lose
+  assert _info(workdir)["label_source"] == adjusted.name == (
+      "annotator(logits - [0, 0, 0, 2.303, 1.609, 2.303])")
+  # A set written without the correction is not silently reused with it.
+  with pytest.raises(ValueError, match="label_source"):
+    downstream.generate(config, runs["annotate_dir"])
+  half = label_sources.logit_offset(_weighted_config(runs, 0.5))
+  np.testing.assert_allclose(half, 0.5 * offset)
+  assert label_sources.logit_offset(_weighted_config(runs, 0.0)) is None
+
+
+def test_logit_adjust_refuses_configs_without_the_prior_shift(runs):
+  with pytest.raises(ValueError, match="has none"):
+    label_sources.logit_offset(tiny_config(runs["run"]["data_dir"], logit_adjust=1.0))
+  with pytest.raises(ValueError, match="class_weights_on='both'"):
+    label_sources.logit_offset(_weighted_config(runs, 1.0, class_weights_on="both"))
+  with pytest.raises(ValueError, match="tau >= 0"):
+    label_sources.logit_offset(_weighted_config(runs, -1.0))

@@ -217,7 +217,8 @@ def snapshot_mean(config, run_dir):
   if len(saved) < n:
     raise ValueError(f"downstream.label_snapshots={n} but {run_dir} saved {len(saved)} "
                      "annotators; save more often (train.ckpt_every) or use fewer.")
-  return label_sources.annotator_mean(restore.checkpoint_dir(run_dir, "annotate"), saved[-n:])
+  return label_sources.annotator_mean(restore.checkpoint_dir(run_dir, "annotate"), saved[-n:],
+                                      label_sources.logit_offset(config))
 
 
 def _label_mix(config) -> float:
@@ -236,7 +237,8 @@ def lagm_source(config, run_dir, supervised_dir):
     return source
   if source is None:
     ckpt_dir = restore.checkpoint_dir(run_dir, "annotate")
-    source = label_sources.annotator(ckpt_dir, [restore.resolve_step(ckpt_dir, "latest")])
+    source = label_sources.annotator(ckpt_dir, [restore.resolve_step(ckpt_dir, "latest")],
+                                     label_sources.logit_offset(config))
   teacher = label_sources.segmenter(config, supervised_dir, "latest")
   return label_sources.mixture([source, teacher], [1.0 - w, w])
 
