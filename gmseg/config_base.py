@@ -198,7 +198,7 @@ def get_base() -> ml_collections.ConfigDict:
       # on the labelled loss behind the target gradient teach the annotator
       # labels whose class prior is shifted by the weights (small parts
       # painted too large); tau = 1 divides the shift back out (logit
-      # adjustment; gmseg.label_sources.class_weight_offset). Paper: 0.
+      # adjustment; gmseg.label_sources.logit_offset). Paper: 0.
       "logit_adjust": 0.0,
       "epochs": 20,
       "batch": 8,

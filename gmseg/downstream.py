@@ -265,7 +265,9 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
                      "must be positive.")
   out, data_dir = directory(workdir), dataset_dir(workdir)
   ckpt_dir = restore.checkpoint_dir(workdir, "annotate")
+  offset = None  # the annotator's logit adjustment; a given source carries its own labels
   if source is None:
+    offset = label_sources.logit_offset(config)
     main_step = restore.resolve_step(ckpt_dir, annotator_step)
     annotator_steps = [main_step]
     if d.filter == "ensemble":
@@ -277,7 +279,7 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
   else:
     annotator_steps = list(source.annotator_steps)
   settings = _settings(config, annotator_steps, source.name if source is not None else
-                       label_sources.annotator_name(label_sources.logit_offset(config)))
+                       label_sources.annotator_name(offset))
   info_path = out / "generation.json"
   if synthetic.is_prepared(data_dir) and info_path.is_file():
     old = json.loads(info_path.read_text())
@@ -294,8 +296,7 @@ def generate(config, workdir, annotator_step: Union[str, int] = "best",
   gen = build.generator(config)
   method = build.method(config, gen)
   if source is None:
-    source = label_sources.annotator(ckpt_dir, annotator_steps,
-                                     label_sources.logit_offset(config))
+    source = label_sources.annotator(ckpt_dir, annotator_steps, offset)
   members = source.members
   sample = jax.jit(functools.partial(sample_batch, method=method, batch=int(d.gen_batch),
                                      label_fn=source.fn))
